@@ -1,0 +1,419 @@
+//! Wiring: from settings to a running service, and back down on shutdown.
+//!
+//! Owns the start-up sequence of SPEC §7 (load the rules, bind every listener, report
+//! ready) and the shutdown sequence (report not-ready at once, keep answering for the
+//! grace period, stop accepting, let in-flight calls finish, return). Binding is separate
+//! from running ([`Server::start`] then [`Started::run`]) so tests bind port 0, read the
+//! chosen ports, and pass their own shutdown future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::diag::Diagnostics;
+use crate::config::{self, ConfigSnapshot, ConfigSource};
+use crate::grpc::{self, GrpcListener, RlsService};
+use crate::health::Health;
+use crate::http::{self, HttpState};
+use crate::rules::LimitRegistry;
+use crate::service::RateLimiter;
+use crate::settings::{Backend, Listen, Settings};
+use crate::store::{MemoryStore, Store};
+
+/// How long in-flight calls get to finish once the grace period is over.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest pause between sweeps of expired counters.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The first config load failed (and `FORCE_START_WITHOUT_INITIAL_CONFIG` is off).
+    Config(Diagnostics),
+    /// A listener could not bind.
+    Bind {
+        listener: &'static str,
+        address: String,
+        error: std::io::Error,
+    },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(d) => write!(
+                f,
+                "the rate limit configuration did not load ({} errors)",
+                d.error_count()
+            ),
+            StartError::Bind {
+                listener,
+                address,
+                error,
+            } => {
+                write!(f, "cannot listen for {listener} on {address}: {error}")
+            }
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Loads rule snapshots for one source, numbering them.
+#[derive(Debug)]
+pub struct ConfigLoader {
+    pub source: ConfigSource,
+    pub merge_domains: bool,
+    pub registry: Arc<LimitRegistry>,
+    versions: AtomicU64,
+}
+
+impl ConfigLoader {
+    pub fn new(source: ConfigSource, merge_domains: bool, registry: Arc<LimitRegistry>) -> Self {
+        ConfigLoader {
+            source,
+            merge_domains,
+            registry,
+            versions: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads every file afresh; the version counts successful loads.
+    pub fn load(&self) -> Result<ConfigSnapshot, Diagnostics> {
+        let next = self.versions.load(Ordering::Acquire) + 1;
+        let snapshot = config::load(&self.source, self.merge_domains, &self.registry, next)?;
+        self.versions.store(next, Ordering::Release);
+        Ok(snapshot)
+    }
+}
+
+/// Everything the service shares between its front ends.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub limiter: Arc<RateLimiter>,
+    pub health: Arc<Health>,
+    pub loader: Arc<ConfigLoader>,
+    pub memory: Option<Arc<MemoryStore>>,
+}
+
+pub struct Server;
+
+/// A service whose rules are loaded and whose listeners are bound.
+#[derive(Debug)]
+pub struct Started {
+    pub shared: Shared,
+    settings: Settings,
+    grpc_listeners: Vec<GrpcListener>,
+    http_listener: std::net::TcpListener,
+    debug_listener: std::net::TcpListener,
+    /// The bound gRPC address (`None` on a unix socket).
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+}
+
+fn log_diagnostics(diags: &Diagnostics) {
+    for d in diags.errors() {
+        tracing::error!("Error loading new configuration: {d}");
+    }
+    for d in diags.warnings() {
+        tracing::warn!("{d}");
+    }
+}
+
+impl Server {
+    /// Loads the rules and binds every listener, with the system clock.
+    pub fn start(settings: Settings) -> Result<Started, StartError> {
+        Self::start_with_clock(settings, Clock::System)
+    }
+
+    /// As [`Server::start`], with the given clock (tests pass a fake one).
+    pub fn start_with_clock(settings: Settings, clock: Clock) -> Result<Started, StartError> {
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
+        let registry = Arc::new(LimitRegistry::new());
+        let loader = Arc::new(ConfigLoader::new(
+            settings.config_source.clone(),
+            settings.merge_domains,
+            registry.clone(),
+        ));
+        let health = Arc::new(Health::new(
+            settings.healthy_with_at_least_one_config_loaded,
+        ));
+        let config = Arc::new(ArcSwapOption::empty());
+        match loader.load() {
+            Ok(snapshot) => {
+                log_diagnostics(&snapshot.warnings);
+                tracing::info!(
+                    version = snapshot.version,
+                    files = snapshot.files.len(),
+                    domains = snapshot.rules.domains().len(),
+                    rules = snapshot.rules.rule_count(),
+                    "loaded the rate limit configuration"
+                );
+                health.set_config_loaded(snapshot.rules.domains().len());
+                config.store(Some(Arc::new(snapshot)));
+            }
+            Err(diags) => {
+                log_diagnostics(&diags);
+                if !settings.force_start_without_initial_config {
+                    return Err(StartError::Config(diags));
+                }
+                tracing::warn!(
+                    "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
+                );
+            }
+        }
+        let (store, memory) = match settings.backend {
+            Backend::Memory => {
+                let memory = Arc::new(MemoryStore::new(registry, settings.memory_max_counters));
+                (Store::Memory(memory.clone()), Some(memory))
+            }
+        };
+        let limiter = Arc::new(RateLimiter::new(
+            config,
+            store,
+            clock,
+            settings.service.clone(),
+        ));
+
+        let (grpc_listeners, grpc_addr) = bind_grpc(&settings)?;
+        let http_listener = bind_plain("HTTP", &settings.http.0, settings.http.1)?;
+        let debug_listener = bind_plain("debug", &settings.debug.0, settings.debug.1)?;
+        let http_addr = http_listener.local_addr().map_err(StartError::Io)?;
+        let debug_addr = debug_listener.local_addr().map_err(StartError::Io)?;
+        // The reference's start-up lines, at the level it uses, so they show by default.
+        tracing::warn!("Listening for debug on '{debug_addr}'");
+        match (&settings.grpc, grpc_addr) {
+            (_, Some(addr)) => tracing::warn!(
+                "Listening for gRPC on '{addr}' ({} workers)",
+                grpc_listeners.len()
+            ),
+            (Listen::Unix(path), None) => {
+                tracing::warn!("Listening for gRPC on unix socket '{}'", path.display())
+            }
+            _ => {}
+        }
+        tracing::warn!("Listening for HTTP on '{http_addr}'");
+        Ok(Started {
+            shared: Shared {
+                limiter,
+                health,
+                loader,
+                memory,
+            },
+            settings,
+            grpc_listeners,
+            http_listener,
+            debug_listener,
+            grpc_addr,
+            http_addr,
+            debug_addr,
+        })
+    }
+}
+
+fn bind_error(
+    listener: &'static str,
+    address: String,
+) -> impl FnOnce(std::io::Error) -> StartError {
+    move |error| StartError::Bind {
+        listener,
+        address,
+        error,
+    }
+}
+
+fn bind_plain(
+    listener: &'static str,
+    host: &str,
+    port: u16,
+) -> Result<std::net::TcpListener, StartError> {
+    let shown = format!("{host}:{port}");
+    let addr = Listen::socket_addr(host, port).map_err(bind_error(listener, shown.clone()))?;
+    let l = std::net::TcpListener::bind(addr).map_err(bind_error(listener, shown.clone()))?;
+    l.set_nonblocking(true)
+        .map_err(bind_error(listener, shown))?;
+    Ok(l)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAddr>), StartError> {
+    match &settings.grpc {
+        Listen::Unix(path) => {
+            let shown = path.display().to_string();
+            // A socket file left by a previous run would make bind fail.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            }) {
+                let _ = std::fs::remove_file(path);
+            }
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .map_err(bind_error("gRPC", shown.clone()))?;
+            l.set_nonblocking(true).map_err(bind_error("gRPC", shown))?;
+            Ok((vec![GrpcListener::Unix(l)], None))
+        }
+        Listen::Tcp { host, port } => {
+            let shown = format!("{host}:{port}");
+            let workers = if settings.grpc_workers == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                settings.grpc_workers
+            };
+            let addr =
+                Listen::socket_addr(host, *port).map_err(bind_error("gRPC", shown.clone()))?;
+            let first = reuseport_listener(addr).map_err(bind_error("gRPC", shown.clone()))?;
+            // Port 0 picks a port once; every other worker binds that same port.
+            let bound = first.local_addr().map_err(StartError::Io)?;
+            let mut listeners = vec![GrpcListener::Tcp(first)];
+            for _ in 1..workers {
+                let l = reuseport_listener(bound).map_err(bind_error("gRPC", bound.to_string()))?;
+                listeners.push(GrpcListener::Tcp(l));
+            }
+            Ok((listeners, Some(bound)))
+        }
+    }
+}
+
+impl Started {
+    /// Serves until `shutdown` completes, then drains as SPEC §7 says and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Started {
+            shared,
+            settings,
+            grpc_listeners,
+            http_listener,
+            debug_listener,
+            grpc_addr: _,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (reporter, health_server) = tonic_health::server::health_reporter();
+        let health_task = tokio::spawn(grpc::follow_health(shared.health.clone(), reporter));
+        let rls = RateLimitServiceServer::new(RlsService(shared.limiter.clone()));
+        let mut workers = Vec::new();
+        for (index, listener) in grpc_listeners.into_iter().enumerate() {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            grpc::spawn_worker(
+                index,
+                listener,
+                rls.clone(),
+                health_server.clone(),
+                stop_rx.clone(),
+                done_tx,
+            )
+            .map_err(StartError::Io)?;
+            workers.push(done_rx);
+        }
+
+        let state = HttpState {
+            limiter: shared.limiter.clone(),
+            health: shared.health.clone(),
+        };
+        let http = serve_http(http_listener, http::router(state.clone()), stop_rx.clone())?;
+        let debug = serve_http(debug_listener, http::debug_router(state), stop_rx.clone())?;
+        let sweeper = shared.memory.clone().map(|m| {
+            tokio::spawn(sweep_loop(
+                m,
+                shared.limiter.clock().clone(),
+                stop_rx.clone(),
+            ))
+        });
+
+        shutdown.await;
+        shared.health.start_draining();
+        tracing::warn!(
+            grace_period = ?settings.shutdown_grace_period,
+            "shutting down: reporting not serving, still answering during the grace period"
+        );
+        tokio::time::sleep(settings.shutdown_grace_period).await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            for worker in workers {
+                let _ = worker.await;
+            }
+            let _ = http.await;
+            let _ = debug.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; stopping anyway");
+        }
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        health_task.abort();
+        tracing::warn!("stopped");
+        Ok(())
+    }
+}
+
+fn serve_http(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Io)?;
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    }))
+}
+
+/// Reclaims expired counters every second (or as soon as the cap is passed), pacing
+/// itself so sweeping a huge store takes at most about 5% of a core.
+async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, mut stop: watch::Receiver<bool>) {
+    let mut pause = SWEEP_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = memory.over_cap() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let store = memory.clone();
+        let now = clock.now();
+        let started = std::time::Instant::now();
+        let Ok(report) = tokio::task::spawn_blocking(move || store.sweep(now)).await else {
+            return;
+        };
+        pause = SWEEP_INTERVAL.max(started.elapsed() * 20);
+        if report.evicted > 0 {
+            tracing::debug!(?report, "evicted idle counters over MEMORY_MAX_COUNTERS");
+        }
+    }
+}
+
+/// Test helper: a config directory path's settings with everything on loopback port 0.
+pub fn test_settings(config: impl Into<PathBuf>) -> Settings {
+    Settings::for_tests(vec![config.into()])
+}

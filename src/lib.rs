@@ -1,0 +1,42 @@
+//! sluicegate: a drop-in rate limit service for Envoy.
+//!
+//! Envoy's rate limit filter asks, over gRPC, whether a request should be limited;
+//! sluicegate matches the request's descriptors against YAML rule trees (the reference
+//! service's format) and answers from lock-free in-process counters.
+//!
+//! # Layout
+//!
+//! A request flows top to bottom:
+//!
+//! - [`grpc`], [`http`], [`json`]: the front ends (tonic gRPC on per-core runtimes,
+//!   `/healthcheck` and `/json` on axum). Proto conversion only.
+//! - [`service`]: one `ShouldRateLimit` from request to response: validation, matching,
+//!   `replaces`, shadow and quota modes, headers, dynamic metadata.
+//! - [`rules`]: the compiled, immutable rule set and the matcher.
+//! - [`limiter`]: units, limit parameters, and the pure decision functions.
+//! - [`store`]: where counters live ([`store::memory`]: lock-free, exact, bounded).
+//! - [`clock`]: the one reader of the wall clock, and a fake for tests.
+//!
+//! Around them:
+//!
+//! - [`config`]: finding, reading and checking rule files (every error with
+//!   `file:line:col`) into a [`config::ConfigSnapshot`].
+//! - [`settings`]: the reference's environment variables, each also a flag.
+//! - [`health`]: the components behind `/healthcheck` and gRPC health.
+//! - [`app`]: start-up and shutdown; [`signal`]: SIGTERM and SIGINT.
+//! - [`cli`]: the command line `main` parses.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod json;
+pub mod limiter;
+pub mod rules;
+pub mod service;
+pub mod settings;
+pub mod signal;
+pub mod store;

@@ -1,0 +1,237 @@
+//! The compiled, immutable rule set and the matcher that walks it.
+//!
+//! Owns "which rule does this descriptor hit". A [`RuleSet`] is built once per config
+//! load (`build.rs`) and then only read, shared by every request thread without locks.
+//! Matching follows the reference exactly (SPEC §3.1): at each level the exact
+//! `(key, value)` child wins, then the value patterns of that key in file order, then the
+//! key-only child; no child means no limit; a rule applies only when the request's
+//! entries end at its depth; there is no fallback to a parent. Keys and values are never
+//! joined into one string, so `a_b` and `a`/`b` cannot collide.
+//!
+//! Matching allocates nothing. This module must not count, decide or build responses.
+
+mod build;
+mod registry;
+pub mod wildcard;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+pub use build::build;
+pub use registry::LimitRegistry;
+use wildcard::Pattern;
+
+use crate::config::yaml::Pos;
+use crate::limiter::LimitParams;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// One key/value pair of a request descriptor, however the caller stores it.
+pub trait EntryView {
+    fn key(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl EntryView for (&str, &str) {
+    fn key(&self) -> &str {
+        self.0
+    }
+    fn value(&self) -> &str {
+        self.1
+    }
+}
+
+impl EntryView for (String, String) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+    fn value(&self) -> &str {
+        &self.1
+    }
+}
+
+impl EntryView
+    for envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry
+{
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// Every domain's rules, as loaded from one set of files.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    domains: HashMap<Box<str>, Domain, Hasher>,
+}
+
+impl RuleSet {
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    /// Domains in name order.
+    pub fn domains(&self) -> Vec<&Domain> {
+        let mut all: Vec<&Domain> = self.domains.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.domains.values().map(|d| d.rules.len()).sum()
+    }
+}
+
+/// One domain's rule tree.
+#[derive(Debug)]
+pub struct Domain {
+    pub name: Arc<str>,
+    /// One rule per config descriptor node, in file order.
+    rules: Vec<Rule>,
+    /// `children[i]` are the children of `rules[i]`.
+    children: Vec<Children>,
+    root: Children,
+}
+
+#[derive(Debug, Default)]
+struct Children {
+    by_key: HashMap<Box<str>, KeyChildren, Hasher>,
+}
+
+/// The children of one level that share a key.
+#[derive(Debug, Default)]
+struct KeyChildren {
+    exact: HashMap<Box<str>, u32, Hasher>,
+    /// In file order: the first pattern that matches wins.
+    patterns: Vec<(Pattern, u32)>,
+    /// The key-only child (no `value`, or an empty one).
+    any: Option<u32>,
+}
+
+impl Domain {
+    /// The rule a descriptor's entries end at, if any. A rule with no limits in the result
+    /// is an explicit whitelist (or a placeholder the request stopped at).
+    pub fn find<E: EntryView>(&self, entries: &[E]) -> Option<&Rule> {
+        let last = entries.len().checked_sub(1)?;
+        let mut children = &self.root;
+        for (depth, entry) in entries.iter().enumerate() {
+            let same_key = children.by_key.get(entry.key())?;
+            let index = same_key
+                .exact
+                .get(entry.value())
+                .copied()
+                .or_else(|| {
+                    same_key
+                        .patterns
+                        .iter()
+                        .find(|(p, _)| p.matches(entry.value()))
+                        .map(|(_, i)| *i)
+                })
+                .or(same_key.any)?;
+            if depth == last {
+                return Some(&self.rules[index as usize]);
+            }
+            children = &self.children[index as usize];
+        }
+        None
+    }
+
+    /// Every rule of the domain, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+/// One level of a rule's path, as the config wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub key: Box<str>,
+    /// The configured value: exact text, a pattern, or empty for "any value".
+    pub value: Box<str>,
+    /// This level's counter uses the pattern instead of the request's value, so every
+    /// matching value shares one counter.
+    pub share_threshold: bool,
+    pub value_to_metric: bool,
+}
+
+impl Level {
+    pub fn is_pattern(&self) -> bool {
+        self.value.contains('*')
+    }
+
+    /// The reference's composite form: `key` or `key_value`.
+    pub fn composite(&self) -> String {
+        if self.value.is_empty() {
+            self.key.to_string()
+        } else {
+            format!("{}_{}", self.key, self.value)
+        }
+    }
+}
+
+/// One config descriptor node, compiled.
+#[derive(Debug)]
+pub struct Rule {
+    pub domain: Arc<str>,
+    pub file: Arc<str>,
+    pub pos: Pos,
+    /// From the top level down to this rule.
+    pub path: Box<[Level]>,
+    /// The reference's stats key: the domain and each level's composite, dot-joined.
+    pub stats_key: Box<str>,
+    pub name: Option<Box<str>>,
+    /// Empty for a whitelist node or an `unlimited` rule.
+    pub limits: Box<[Limit]>,
+    pub unlimited: bool,
+    pub replaces: Box<[Box<str>]>,
+    pub shadow_mode: bool,
+    pub quota_mode: bool,
+    pub detailed_metric: bool,
+    pub metadata: Option<envoy_types::pb::google::protobuf::Struct>,
+    /// Whether any level shares its counter across values (so keys need the patterns).
+    pub shares_counters: bool,
+}
+
+impl Rule {
+    /// Whether the rule counts anything.
+    pub fn is_limited(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
+    /// The value a request entry contributes to counter keys at `depth`: the pattern for
+    /// a `share_threshold` level, else the request's own value.
+    pub fn counter_value<'a>(&'a self, depth: usize, request_value: &'a str) -> &'a str {
+        match self.path.get(depth) {
+            Some(level) if level.share_threshold => &level.value,
+            _ => request_value,
+        }
+    }
+
+    /// The path as `domain.k1_v1.k2`, for messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::from(&*self.domain);
+        for level in self.path.iter() {
+            let _ = write!(out, ".{}", level.composite());
+        }
+        out
+    }
+}
+
+/// One limit of a rule, with the identity its counters are stored under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Stable across reloads while the rule's domain, path and parameters stay the same,
+    /// so an unchanged rule keeps its counts (SPEC §9.8).
+    pub counter_id: u32,
+    pub params: LimitParams,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,666 @@
+//! `ShouldRateLimit`: from a request to a response, with the reference's semantics.
+//!
+//! Owns the request's life: validate it, take the current rule snapshot, match each
+//! descriptor, apply `unlimited` and `replaces`, count each limit in the store, then
+//! assemble per-descriptor statuses, shadow and quota modes, response headers and dynamic
+//! metadata (SPEC §1.3, §3; reference §3.5, §3.11). The gRPC and `/json` front ends both
+//! call [`RateLimiter::should_rate_limit`], so they cannot disagree.
+//!
+//! Envoy semantics this code relies on:
+//! - `statuses` are one per request descriptor, in request order.
+//! - The request's `hits_addend` of 0 means 1 (proto3 cannot tell unset from 0); a
+//!   descriptor's own `hits_addend` of 0 means "check without consuming".
+//! - An unknown domain is not an error: every descriptor is OK with no limit.
+//! - A descriptor's `limit` override, in a known domain, replaces rule matching.
+//! - Any gRPC error lets Envoy's `failure_mode_deny` decide, so errors are only for
+//!   requests we cannot answer (see [`ServiceError`]).
+//!
+//! No rate-limit arithmetic lives here (that is `limiter`), and no counter storage
+//! (that is `store`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::{
+    Duration as ProtoDuration, ListValue, Struct, Value, value::Kind,
+};
+use smallvec::SmallVec;
+
+use crate::clock::{Clock, Nanos};
+use crate::config::ConfigSnapshot;
+use crate::limiter::{LimitParams, Outcome, Unit};
+use crate::rules::{Domain, Rule};
+use crate::store::key::LimitIdentity;
+use crate::store::{Counter, Store};
+
+/// The rule snapshot requests read: swapped whole on reload, read without locks.
+pub type SharedConfig = Arc<ArcSwapOption<ConfigSnapshot>>;
+
+/// Why a request got no answer. The gRPC status for each is in [`ServiceError::code`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceError {
+    /// The request itself is malformed or over a cap: `INVALID_ARGUMENT`.
+    InvalidArgument(String),
+    /// We cannot decide right now (no config yet, backend down): `UNAVAILABLE`, so
+    /// Envoy's `failure_mode_deny` chooses between failing open and closed.
+    Unavailable(String),
+}
+
+impl ServiceError {
+    pub fn message(&self) -> &str {
+        match self {
+            ServiceError::InvalidArgument(m) | ServiceError::Unavailable(m) => m,
+        }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ServiceError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        tonic::Status::new(e.code(), e.message())
+    }
+}
+
+/// Caps on request size, so a hostile or broken client costs bounded work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestCaps {
+    pub max_descriptors: usize,
+    pub max_entries: usize,
+    pub max_entry_bytes: usize,
+}
+
+impl Default for RequestCaps {
+    fn default() -> Self {
+        RequestCaps {
+            max_descriptors: 256,
+            max_entries: 64,
+            max_entry_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Names of the `LIMIT_RESPONSE_HEADERS_ENABLED` headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNames {
+    pub limit: String,
+    pub remaining: String,
+    pub reset: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            limit: "RateLimit-Limit".into(),
+            remaining: "RateLimit-Remaining".into(),
+            reset: "RateLimit-Reset".into(),
+        }
+    }
+}
+
+/// Process-wide behaviour switches (from settings; fixed for the process's life).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceOptions {
+    /// `SHADOW_MODE`: an OVER_LIMIT overall answer becomes OK (statuses keep theirs).
+    pub global_shadow_mode: bool,
+    /// `QUOTA_MODE`: every descriptor but `unlimited` ones is a quota descriptor.
+    pub global_quota_mode: bool,
+    /// `LIMIT_RESPONSE_HEADERS_ENABLED` with its header names.
+    pub response_headers: Option<HeaderNames>,
+    /// `RESPONSE_DYNAMIC_METADATA`.
+    pub dynamic_metadata: bool,
+    pub caps: RequestCaps,
+}
+
+/// The rate limit decision service, shared by every front end and worker thread.
+#[derive(Debug)]
+pub struct RateLimiter {
+    config: SharedConfig,
+    store: Store,
+    clock: Clock,
+    options: ServiceOptions,
+}
+
+/// What a descriptor matched, before counting.
+#[derive(Clone, Copy, Debug)]
+enum Matched<'a> {
+    /// No rule, an unknown domain, or a rule without a limit.
+    NoLimit,
+    Unlimited(&'a Rule),
+    Limited(&'a Rule),
+    Override(LimitParams),
+    /// Limited, but another matched rule `replaces` it in this request.
+    Replaced,
+}
+
+/// One descriptor's answer, before it becomes a proto status.
+#[derive(Clone, Copy, Debug)]
+struct Verdict<'a> {
+    over_limit: bool,
+    /// The limit reported in `current_limit`, with the rule it came from.
+    reported: Option<(LimitParams, Option<&'a Rule>)>,
+    remaining: u32,
+    reset_after: Nanos,
+    unlimited: bool,
+    quota: bool,
+    /// The matched rule when the descriptor passed, for dynamic metadata.
+    rule: Option<&'a Rule>,
+}
+
+impl<'a> Verdict<'a> {
+    fn ok() -> Self {
+        Verdict {
+            over_limit: false,
+            reported: None,
+            remaining: 0,
+            reset_after: Nanos(0),
+            unlimited: false,
+            quota: false,
+            rule: None,
+        }
+    }
+}
+
+impl RateLimiter {
+    pub fn new(config: SharedConfig, store: Store, clock: Clock, options: ServiceOptions) -> Self {
+        RateLimiter {
+            config,
+            store,
+            clock,
+            options,
+        }
+    }
+
+    pub fn config(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn options(&self) -> &ServiceOptions {
+        &self.options
+    }
+
+    /// Answers one `ShouldRateLimit` call.
+    pub async fn should_rate_limit(
+        &self,
+        request: &RateLimitRequest,
+    ) -> Result<RateLimitResponse, ServiceError> {
+        self.decide(request)
+    }
+
+    /// The synchronous core (the memory store never waits).
+    pub fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+        validate(request, &self.options.caps)?;
+        let snapshot = self.config.load();
+        let Some(snapshot) = snapshot.as_deref() else {
+            return Err(ServiceError::Unavailable(
+                "no rate limit configuration loaded".into(),
+            ));
+        };
+        let now = self.clock.now();
+        let domain = snapshot.rules.domain(&request.domain);
+        let mut matched: SmallVec<[Matched<'_>; 8]> = request
+            .descriptors
+            .iter()
+            .map(|d| resolve(domain, d))
+            .collect();
+        apply_replaces(&mut matched);
+
+        let request_hits = u64::from(request.hits_addend.max(1));
+        let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(matched.len());
+        for (descriptor, m) in request.descriptors.iter().zip(&matched) {
+            let hits = descriptor
+                .hits_addend
+                .as_ref()
+                .map_or(request_hits, |h| h.value);
+            verdicts.push(self.count(&request.domain, descriptor, *m, hits, now));
+        }
+        Ok(self.respond(request, &verdicts))
+    }
+
+    fn count<'a>(
+        &self,
+        domain: &str,
+        descriptor: &RateLimitDescriptor,
+        matched: Matched<'a>,
+        hits: u64,
+        now: Nanos,
+    ) -> Verdict<'a> {
+        let quota_by_setting = self.options.global_quota_mode;
+        match matched {
+            Matched::NoLimit | Matched::Replaced => Verdict {
+                quota: quota_by_setting,
+                ..Verdict::ok()
+            },
+            Matched::Unlimited(rule) => Verdict {
+                remaining: u32::MAX,
+                unlimited: true,
+                rule: Some(rule),
+                ..Verdict::ok()
+            },
+            Matched::Override(params) => {
+                let counter = Counter {
+                    domain,
+                    entries: &descriptor.entries,
+                    rule: None,
+                    identity: LimitIdentity::Override {
+                        domain,
+                        requests_per_unit: params.requests_per_unit,
+                        unit: params.unit,
+                    },
+                    params: &params,
+                    hits,
+                };
+                let outcome = self.store.apply(&counter, now);
+                verdict_of(outcome, params, None, quota_by_setting)
+            }
+            Matched::Limited(rule) => {
+                let mut reported: Option<(Outcome, LimitParams)> = None;
+                for limit in rule.limits.iter() {
+                    let counter = Counter {
+                        domain,
+                        entries: &descriptor.entries,
+                        rule: Some(rule),
+                        identity: LimitIdentity::Rule(limit.counter_id),
+                        params: &limit.params,
+                        hits,
+                    };
+                    let outcome = self.store.apply(&counter, now);
+                    // Report the first limit that rejected, else the one with the least
+                    // remaining (the first on a tie): SPEC §9.1.
+                    let better = match &reported {
+                        None => true,
+                        Some((best, _)) => {
+                            !best.over_limit
+                                && (outcome.over_limit || outcome.remaining < best.remaining)
+                        }
+                    };
+                    if better {
+                        reported = Some((outcome, limit.params));
+                    }
+                }
+                let Some((outcome, params)) = reported else {
+                    return Verdict::ok();
+                };
+                let mut verdict = verdict_of(
+                    outcome,
+                    params,
+                    Some(rule),
+                    quota_by_setting || rule.quota_mode,
+                );
+                if rule.shadow_mode {
+                    // Counted and reported, but never enforced; remaining stays as counted.
+                    verdict.over_limit = false;
+                }
+                verdict
+            }
+        }
+    }
+
+    fn respond(&self, request: &RateLimitRequest, verdicts: &[Verdict<'_>]) -> RateLimitResponse {
+        let statuses: Vec<DescriptorStatus> = verdicts.iter().map(status_of).collect();
+
+        let mut non_quota_over = false;
+        let (mut quota_total, mut quota_over) = (0usize, 0usize);
+        for v in verdicts {
+            if v.quota && !v.unlimited {
+                quota_total += 1;
+                quota_over += usize::from(v.over_limit);
+            } else if v.over_limit {
+                non_quota_over = true;
+            }
+        }
+        let over = non_quota_over || (quota_total > 0 && quota_over == quota_total);
+
+        let mut response = RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+            statuses,
+            ..Default::default()
+        };
+        if let Some(names) = &self.options.response_headers {
+            add_limit_headers(&mut response.response_headers_to_add, names, verdicts);
+        }
+        if over && self.options.global_shadow_mode {
+            response.overall_code = Code::Ok as i32;
+        }
+        if self.options.dynamic_metadata {
+            response.dynamic_metadata = Some(dynamic_metadata(request, verdicts));
+        }
+        response
+    }
+}
+
+fn verdict_of<'a>(
+    outcome: Outcome,
+    params: LimitParams,
+    rule: Option<&'a Rule>,
+    quota: bool,
+) -> Verdict<'a> {
+    Verdict {
+        over_limit: outcome.over_limit,
+        reported: Some((params, rule)),
+        remaining: outcome.remaining,
+        reset_after: outcome.reset_after,
+        unlimited: false,
+        quota,
+        rule,
+    }
+}
+
+fn resolve<'a>(domain: Option<&'a Domain>, descriptor: &RateLimitDescriptor) -> Matched<'a> {
+    // The domain check comes first: an override for an unknown domain is ignored, as in
+    // the reference.
+    let Some(domain) = domain else {
+        return Matched::NoLimit;
+    };
+    if let Some(limit) = &descriptor.limit {
+        // `validate` has already rejected undefined units.
+        let unit = Unit::from_proto_number(limit.unit).unwrap_or(Unit::Second);
+        return Matched::Override(LimitParams::fixed_window(limit.requests_per_unit, unit));
+    }
+    match domain.find(&descriptor.entries) {
+        Some(rule) if rule.unlimited => Matched::Unlimited(rule),
+        Some(rule) if rule.is_limited() => Matched::Limited(rule),
+        _ => Matched::NoLimit,
+    }
+}
+
+/// Drops every matched limit whose name another matched rule of this request replaces
+/// (unlimited rules' `replaces` count too; two rules naming each other both go).
+fn apply_replaces(matched: &mut [Matched<'_>]) {
+    let any_replaces = matched.iter().any(|m| match m {
+        Matched::Limited(rule) | Matched::Unlimited(rule) => !rule.replaces.is_empty(),
+        _ => false,
+    });
+    if !any_replaces {
+        return;
+    }
+    let replaced: SmallVec<[&str; 8]> = matched
+        .iter()
+        .flat_map(|m| match m {
+            Matched::Limited(rule) | Matched::Unlimited(rule) => {
+                rule.replaces.iter().map(|r| &**r).collect()
+            }
+            _ => SmallVec::<[&str; 4]>::new(),
+        })
+        .collect();
+    for m in matched.iter_mut() {
+        if let Matched::Limited(rule) = m
+            && rule
+                .name
+                .as_deref()
+                .is_some_and(|name| replaced.contains(&name))
+        {
+            *m = Matched::Replaced;
+        }
+    }
+}
+
+fn proto_duration(n: Nanos) -> ProtoDuration {
+    ProtoDuration {
+        seconds: (n.0 / Nanos::NANOS_PER_SEC) as i64,
+        nanos: (n.0 % Nanos::NANOS_PER_SEC) as i32,
+    }
+}
+
+fn status_of(v: &Verdict<'_>) -> DescriptorStatus {
+    let code = if v.over_limit {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    } as i32;
+    match v.reported {
+        None => DescriptorStatus {
+            code,
+            limit_remaining: v.remaining,
+            ..Default::default()
+        },
+        Some((params, rule)) => DescriptorStatus {
+            code,
+            current_limit: Some(RateLimit {
+                name: rule
+                    .and_then(|r| r.name.as_deref())
+                    .unwrap_or_default()
+                    .to_string(),
+                requests_per_unit: params.requests_per_unit,
+                unit: params.unit.proto_number(),
+            }),
+            limit_remaining: v.remaining,
+            duration_until_reset: Some(proto_duration(v.reset_after)),
+            quota: None,
+        },
+    }
+}
+
+/// The reference's choice of descriptor for the `RateLimit-*` headers: the first with the
+/// strictly smallest remaining among those with a limit, overridden by every non-quota
+/// OVER_LIMIT one (so the last of those wins).
+fn add_limit_headers(
+    headers: &mut Vec<HeaderValue>,
+    names: &HeaderNames,
+    verdicts: &[Verdict<'_>],
+) {
+    let mut chosen: Option<&Verdict<'_>> = None;
+    for v in verdicts.iter().filter(|v| v.reported.is_some()) {
+        if chosen.is_none_or(|c| v.remaining < c.remaining) {
+            chosen = Some(v);
+        }
+    }
+    for v in verdicts
+        .iter()
+        .filter(|v| v.reported.is_some() && v.over_limit && !v.quota)
+    {
+        chosen = Some(v);
+    }
+    let Some(v) = chosen else { return };
+    let Some((params, _)) = v.reported else {
+        return;
+    };
+    let reset_secs = v.reset_after.0.div_ceil(Nanos::NANOS_PER_SEC);
+    for (name, value) in [
+        (&names.limit, params.requests_per_unit.to_string()),
+        (&names.remaining, v.remaining.to_string()),
+        (&names.reset, reset_secs.to_string()),
+    ] {
+        headers.push(HeaderValue {
+            key: name.clone(),
+            value,
+            raw_value: Vec::new(),
+        });
+    }
+}
+
+fn string_value(s: impl Into<String>) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+fn number_value(n: f64) -> Value {
+    Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
+}
+
+/// `RESPONSE_DYNAMIC_METADATA`: the request echoed back, plus the merged `metadata` of
+/// every rule whose descriptor passed (the first descriptor wins a scalar conflict).
+fn dynamic_metadata(request: &RateLimitRequest, verdicts: &[Verdict<'_>]) -> Struct {
+    let mut fields = std::collections::HashMap::new();
+    fields.insert("domain".to_string(), string_value(&request.domain));
+    let descriptors = request
+        .descriptors
+        .iter()
+        .map(|d| {
+            let mut f = std::collections::HashMap::new();
+            let entries = d
+                .entries
+                .iter()
+                .map(|e| string_value(format!("{}={}", e.key, e.value)))
+                .collect();
+            f.insert(
+                "entries".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: entries })),
+                },
+            );
+            if let Some(limit) = &d.limit {
+                let unit = Unit::from_proto_number(limit.unit).map_or("UNKNOWN", Unit::name);
+                f.insert(
+                    "limit".to_string(),
+                    string_value(format!(
+                        "requests_per_unit:{} unit:{unit}",
+                        limit.requests_per_unit
+                    )),
+                );
+            }
+            if let Some(h) = &d.hits_addend {
+                f.insert("hitsAddend".to_string(), number_value(h.value as f64));
+            }
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields: f })),
+            }
+        })
+        .collect();
+    fields.insert(
+        "descriptors".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: descriptors,
+            })),
+        },
+    );
+    if request.hits_addend != 0 {
+        fields.insert(
+            "hitsAddend".to_string(),
+            number_value(f64::from(request.hits_addend)),
+        );
+    }
+    let mut merged = Struct::default();
+    for v in verdicts.iter().filter(|v| !v.over_limit && !v.unlimited) {
+        if let Some(metadata) = v.rule.and_then(|r| r.metadata.as_ref()) {
+            merge_struct(&mut merged, metadata);
+        }
+    }
+    if !merged.fields.is_empty() {
+        fields.insert(
+            "metadata".to_string(),
+            Value {
+                kind: Some(Kind::StructValue(merged)),
+            },
+        );
+    }
+    Struct { fields }
+}
+
+/// Merges `from` into `into`: nested structs merge, existing scalars win.
+fn merge_struct(into: &mut Struct, from: &Struct) {
+    for (key, value) in &from.fields {
+        match (into.fields.get_mut(key), &value.kind) {
+            (None, _) => {
+                into.fields.insert(key.clone(), value.clone());
+            }
+            (
+                Some(Value {
+                    kind: Some(Kind::StructValue(existing)),
+                }),
+                Some(Kind::StructValue(incoming)),
+            ) => {
+                merge_struct(existing, incoming);
+            }
+            (Some(_), _) => {}
+        }
+    }
+}
+
+/// Rejects requests we must not answer, with a reason naming the problem (SPEC §1.3).
+pub fn validate(request: &RateLimitRequest, caps: &RequestCaps) -> Result<(), ServiceError> {
+    let invalid = |m: String| Err(ServiceError::InvalidArgument(m));
+    if request.domain.is_empty() {
+        return invalid("rate limit domain must not be empty".into());
+    }
+    if request.domain.len() > caps.max_entry_bytes {
+        return invalid(format!(
+            "rate limit domain is {} bytes, more than MAX_ENTRY_BYTES ({})",
+            request.domain.len(),
+            caps.max_entry_bytes
+        ));
+    }
+    if request.descriptors.is_empty() {
+        return invalid("rate limit descriptor list must not be empty".into());
+    }
+    if request.descriptors.len() > caps.max_descriptors {
+        return invalid(format!(
+            "request has {} descriptors, more than MAX_DESCRIPTORS ({})",
+            request.descriptors.len(),
+            caps.max_descriptors
+        ));
+    }
+    for (i, d) in request.descriptors.iter().enumerate() {
+        if d.entries.is_empty() {
+            return invalid(format!("descriptor {i} has no entries"));
+        }
+        if d.entries.len() > caps.max_entries {
+            return invalid(format!(
+                "descriptor {i} has {} entries, more than MAX_ENTRIES ({})",
+                d.entries.len(),
+                caps.max_entries
+            ));
+        }
+        for (j, e) in d.entries.iter().enumerate() {
+            if e.key.is_empty() {
+                return invalid(format!("descriptor {i} entry {j} has an empty key"));
+            }
+            for (what, text) in [("key", &e.key), ("value", &e.value)] {
+                if text.len() > caps.max_entry_bytes {
+                    return invalid(format!(
+                        "descriptor {i} entry {j} {what} is {} bytes, more than MAX_ENTRY_BYTES ({})",
+                        text.len(),
+                        caps.max_entry_bytes
+                    ));
+                }
+            }
+        }
+        if let Some(limit) = &d.limit
+            && Unit::from_proto_number(limit.unit).is_none()
+        {
+            let shown = if limit.unit == 0 {
+                "UNKNOWN (0)".to_string()
+            } else {
+                format!("{} (undefined)", limit.unit)
+            };
+            return invalid(format!(
+                "descriptor {i} limit override has unit {shown}; expected SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

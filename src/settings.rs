@@ -1,0 +1,782 @@
+//! Process settings: the reference's environment variables, each also a flag.
+//!
+//! Owns reading every setting from its [`Source`] (flags over the environment), parsing
+//! it with the reference's syntax (Go booleans and durations), and reporting *every*
+//! invalid setting at once as `NAME="value" is not valid: reason`, so an operator fixes a
+//! broken deployment in one round. `main` exits with code 64 (`EX_USAGE`) on any error.
+//!
+//! Tests give a `HashMap` source; nothing here reads or writes the process environment
+//! except [`Env`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{ConfigSource, RuntimeLayout};
+use crate::service::{HeaderNames, RequestCaps, ServiceOptions};
+use crate::store::memory::DEFAULT_MAX_COUNTERS;
+
+/// One setting: its environment variable, default and help. The flag is the variable
+/// in lower case with dashes (`GRPC_PORT` is `--grpc-port`).
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+const fn spec(env: &'static str, default: &'static str, help: &'static str) -> Spec {
+    Spec { env, default, help }
+}
+
+/// Every setting sluicegate reads. Defaults are the reference's, except where SPEC §5
+/// says otherwise (`BACKEND_TYPE`, `USE_STATSD`).
+pub const SPECS: &[Spec] = &[
+    spec(
+        "HOST",
+        "0.0.0.0",
+        "Address of the HTTP listener (/healthcheck, /json)",
+    ),
+    spec(
+        "PORT",
+        "8080",
+        "Port of the HTTP listener (0 picks a free port)",
+    ),
+    spec("GRPC_HOST", "0.0.0.0", "Address of the gRPC listener"),
+    spec(
+        "GRPC_PORT",
+        "8081",
+        "Port of the gRPC listener (0 picks a free port)",
+    ),
+    spec(
+        "GRPC_UDS",
+        "",
+        "Serve gRPC on this unix socket instead of GRPC_HOST:GRPC_PORT",
+    ),
+    spec(
+        "GRPC_WORKERS",
+        "0",
+        "gRPC worker threads, each with its own runtime and listener (0: one per CPU)",
+    ),
+    spec(
+        "DEBUG_HOST",
+        "0.0.0.0",
+        "Address of the debug listener (/rlconfig)",
+    ),
+    spec(
+        "DEBUG_PORT",
+        "6070",
+        "Port of the debug listener (0 picks a free port)",
+    ),
+    spec(
+        "CONFIG_TYPE",
+        "FILE",
+        "Where rules come from; only FILE is supported",
+    ),
+    spec(
+        "RUNTIME_ROOT",
+        "/srv/runtime_data/current",
+        "Runtime root directory (reference layout)",
+    ),
+    spec(
+        "RUNTIME_SUBDIRECTORY",
+        "",
+        "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)",
+    ),
+    spec(
+        "RUNTIME_APPDIRECTORY",
+        "config",
+        "Directory under the subdirectory with the rule files",
+    ),
+    spec(
+        "RUNTIME_IGNOREDOTFILES",
+        "false",
+        "Skip dot-files and dot-directories in the reference layout",
+    ),
+    spec(
+        "RUNTIME_WATCH_ROOT",
+        "true",
+        "Reload when RUNTIME_ROOT is swapped rather than on file changes",
+    ),
+    spec(
+        "MERGE_DOMAIN_CONFIG",
+        "false",
+        "Allow several files to define the same domain",
+    ),
+    spec(
+        "FORCE_START_WITHOUT_INITIAL_CONFIG",
+        "false",
+        "Start even if the first config load fails",
+    ),
+    spec(
+        "BACKEND_TYPE",
+        "memory",
+        "Where counters live: memory (embedded) or redis",
+    ),
+    spec(
+        "MEMORY_MAX_COUNTERS",
+        "1000000",
+        "Most live counters in memory; the longest-idle are evicted past it",
+    ),
+    spec(
+        "SHADOW_MODE",
+        "false",
+        "Never reject: OVER_LIMIT answers become OK (statuses keep theirs)",
+    ),
+    spec(
+        "QUOTA_MODE",
+        "false",
+        "Treat every descriptor as a quota descriptor",
+    ),
+    spec(
+        "LIMIT_RESPONSE_HEADERS_ENABLED",
+        "false",
+        "Add RateLimit-Limit/Remaining/Reset headers to responses",
+    ),
+    spec(
+        "LIMIT_LIMIT_HEADER",
+        "RateLimit-Limit",
+        "Name of the limit header",
+    ),
+    spec(
+        "LIMIT_REMAINING_HEADER",
+        "RateLimit-Remaining",
+        "Name of the remaining header",
+    ),
+    spec(
+        "LIMIT_RESET_HEADER",
+        "RateLimit-Reset",
+        "Name of the reset header",
+    ),
+    spec(
+        "RESPONSE_DYNAMIC_METADATA",
+        "false",
+        "Return the request and matched rules' metadata as dynamic metadata",
+    ),
+    spec(
+        "NEAR_LIMIT_RATIO",
+        "0.8",
+        "Fraction of a limit above which hits count as near the limit",
+    ),
+    spec(
+        "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
+        "false",
+        "Report unhealthy until a config with a domain loads",
+    ),
+    spec(
+        "SHUTDOWN_GRACE_PERIOD",
+        "5s",
+        "After SIGTERM, keep answering this long before stopping",
+    ),
+    spec("MAX_DESCRIPTORS", "256", "Most descriptors in one request"),
+    spec("MAX_ENTRIES", "64", "Most entries in one descriptor"),
+    spec(
+        "MAX_ENTRY_BYTES",
+        "16384",
+        "Longest descriptor key, value or domain, in bytes",
+    ),
+    spec("LOG_LEVEL", "WARN", "trace, debug, info, warn or error"),
+    spec("LOG_FORMAT", "text", "text or json"),
+    spec("USE_STATSD", "false", "Also send stats to statsd"),
+];
+
+/// Reference settings accepted for compatibility that change nothing here; setting one
+/// logs a warning saying so.
+pub const IGNORED: &[(&str, &str)] = &[
+    (
+        "USE_PROMETHEUS",
+        "Prometheus metrics are always served on /metrics",
+    ),
+    (
+        "PROMETHEUS_ADDR",
+        "Prometheus metrics are served on the HTTP and debug ports",
+    ),
+    (
+        "PROMETHEUS_PATH",
+        "Prometheus metrics are served on /metrics",
+    ),
+    ("DISABLE_STATS", "stats are always kept in memory"),
+    ("STATS_FLUSH_INTERVAL", "not used"),
+    ("EXTRA_TAGS", "not supported"),
+    ("USE_DOG_STATSD", "not supported"),
+    ("GRPC_MAX_CONNECTION_AGE", "not supported"),
+    ("GRPC_MAX_CONNECTION_AGE_GRACE", "not supported"),
+    ("TRACING_ENABLED", "not supported"),
+    ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported"),
+];
+
+/// Where settings come from.
+pub trait Source {
+    /// The raw value of a setting, by its environment variable name.
+    fn get(&self, name: &str) -> Option<String>;
+    /// How to name the setting in an error (`NAME` or `--flag`).
+    fn describe(&self, name: &str) -> String {
+        name.to_string()
+    }
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.to_string())
+    }
+}
+
+/// Command-line flags over another source: a flag wins over its variable.
+#[derive(Debug)]
+pub struct WithFlags<S> {
+    /// Flag values by environment variable name.
+    pub flags: HashMap<String, String>,
+    pub base: S,
+}
+
+impl<S: Source> Source for WithFlags<S> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.flags
+            .get(name)
+            .cloned()
+            .or_else(|| self.base.get(name))
+    }
+
+    fn describe(&self, name: &str) -> String {
+        if self.flags.contains_key(name) {
+            format!("--{}", flag_name(name))
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+/// The flag for an environment variable: `GRPC_PORT` → `grpc-port`.
+pub fn flag_name(env: &str) -> String {
+    env.to_ascii_lowercase().replace('_', "-")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// Resolves a TCP listen address (hosts may be names, as in the reference).
+    pub fn socket_addr(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            )
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub grpc: Listen,
+    /// gRPC worker threads (each a current-thread runtime with its own listener).
+    pub grpc_workers: usize,
+    pub http: (String, u16),
+    pub debug: (String, u16),
+    pub config_source: ConfigSource,
+    pub merge_domains: bool,
+    pub force_start_without_initial_config: bool,
+    pub backend: Backend,
+    pub memory_max_counters: usize,
+    pub service: ServiceOptions,
+    pub near_limit_ratio: f32,
+    pub healthy_with_at_least_one_config_loaded: bool,
+    pub shutdown_grace_period: Duration,
+    pub log_level: tracing::level_filters::LevelFilter,
+    pub log_format: LogFormat,
+    pub use_statsd: bool,
+    /// Warnings to log once logging is up (settings that do nothing, ignored layouts).
+    pub warnings: Vec<String>,
+}
+
+/// Every invalid setting of one parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsError(pub Vec<String>);
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+struct Reader<'a> {
+    source: &'a dyn Source,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn spec(name: &str) -> &'static Spec {
+        SPECS
+            .iter()
+            .find(|s| s.env == name)
+            .expect("every setting read is in SPECS")
+    }
+
+    /// The raw value, or the default if unset or empty (as the reference's envconfig).
+    fn raw(&self, name: &str) -> String {
+        match self.source.get(name) {
+            Some(v) if !v.is_empty() => v,
+            _ => Self::spec(name).default.to_string(),
+        }
+    }
+
+    fn is_set(&self, name: &str) -> bool {
+        self.source.get(name).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Parses a setting; on error records it and falls back to the default's parse.
+    fn parse<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        let raw = self.raw(name);
+        match parse(&raw) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.errors.push(format!(
+                    "{}={raw:?} is not valid: {reason}",
+                    self.source.describe(name)
+                ));
+                parse(Self::spec(name).default)
+                    .unwrap_or_else(|e| panic!("default of {name} must parse: {e}"))
+            }
+        }
+    }
+
+    fn string(&mut self, name: &str) -> String {
+        self.raw(name)
+    }
+
+    fn boolean(&mut self, name: &str) -> bool {
+        self.parse(name, parse_bool)
+    }
+}
+
+/// Go's `strconv.ParseBool`, as the reference accepts.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("expected true or false (or 1, 0, t, f)".into()),
+    }
+}
+
+/// Go's `time.ParseDuration`: a sequence of decimal numbers with units `ns`, `us`/`µs`,
+/// `ms`, `s`, `m`, `h` (`1h30m`, `1.5s`, `250ms`). A bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("expected a duration such as 500ms, 10s or 1h30m, not {s:?}");
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds_per_unit;
+    }
+    if !total.is_finite() || total > 1e12 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .map_err(|_| "expected a port number from 0 to 65535".into())
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err("expected a whole number of at least 1".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+impl Settings {
+    /// Parses every setting from `source`. `config_paths` are the `--config` arguments.
+    pub fn parse(
+        source: &dyn Source,
+        config_paths: Vec<PathBuf>,
+    ) -> Result<Settings, SettingsError> {
+        let mut r = Reader {
+            source,
+            errors: Vec::new(),
+        };
+        let mut warnings = Vec::new();
+
+        let grpc_host = r.string("GRPC_HOST");
+        let grpc_port = r.parse("GRPC_PORT", parse_port);
+        let grpc_uds = r.string("GRPC_UDS");
+        let grpc = if grpc_uds.is_empty() {
+            Listen::Tcp {
+                host: grpc_host,
+                port: grpc_port,
+            }
+        } else {
+            Listen::Unix(PathBuf::from(grpc_uds))
+        };
+        let grpc_workers = r.parse("GRPC_WORKERS", |s| {
+            s.parse::<usize>()
+                .map_err(|_| "expected a whole number".into())
+        });
+        let http = (r.string("HOST"), r.parse("PORT", parse_port));
+        let debug = (r.string("DEBUG_HOST"), r.parse("DEBUG_PORT", parse_port));
+
+        r.parse("CONFIG_TYPE", |s| match s.to_ascii_uppercase().as_str() {
+            "FILE" => Ok(()),
+            "GRPC_XDS_SOTW" => Err("the xDS config provider is not supported; use FILE".into()),
+            _ => Err("expected FILE".into()),
+        });
+        let layout = RuntimeLayout {
+            root: PathBuf::from(r.string("RUNTIME_ROOT")),
+            subdirectory: r.string("RUNTIME_SUBDIRECTORY"),
+            appdirectory: r.string("RUNTIME_APPDIRECTORY"),
+            ignore_dotfiles: r.boolean("RUNTIME_IGNOREDOTFILES"),
+            watch_root: r.boolean("RUNTIME_WATCH_ROOT"),
+        };
+        let config_source = if !config_paths.is_empty() {
+            let runtime_set: Vec<&str> = [
+                "RUNTIME_ROOT",
+                "RUNTIME_SUBDIRECTORY",
+                "RUNTIME_APPDIRECTORY",
+            ]
+            .into_iter()
+            .filter(|n| r.is_set(n))
+            .collect();
+            if !runtime_set.is_empty() {
+                warnings.push(format!(
+                    "--config is given, so {} is ignored",
+                    runtime_set.join(", ")
+                ));
+            }
+            ConfigSource::Paths(config_paths)
+        } else {
+            if layout.subdirectory.is_empty() {
+                r.errors.push(format!(
+                    "{}=\"\" is not valid: set it (with RUNTIME_ROOT) to the directory holding the rules, or pass --config PATH; with it empty the reference service silently loads no rules",
+                    source.describe("RUNTIME_SUBDIRECTORY")
+                ));
+            }
+            ConfigSource::Runtime(layout)
+        };
+        let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
+        let force_start_without_initial_config = r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG");
+        let backend = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
+            "memory" => Ok(Backend::Memory),
+            "memcache" => Err("memcache is not supported; use memory or redis".into()),
+            _ => Err("expected memory or redis".into()),
+        });
+        let memory_max_counters = r.parse("MEMORY_MAX_COUNTERS", parse_count);
+        debug_assert_eq!(
+            Reader::spec("MEMORY_MAX_COUNTERS").default,
+            DEFAULT_MAX_COUNTERS.to_string()
+        );
+
+        let response_headers = r
+            .boolean("LIMIT_RESPONSE_HEADERS_ENABLED")
+            .then(|| HeaderNames {
+                limit: r.string("LIMIT_LIMIT_HEADER"),
+                remaining: r.string("LIMIT_REMAINING_HEADER"),
+                reset: r.string("LIMIT_RESET_HEADER"),
+            });
+        let service = ServiceOptions {
+            global_shadow_mode: r.boolean("SHADOW_MODE"),
+            global_quota_mode: r.boolean("QUOTA_MODE"),
+            response_headers,
+            dynamic_metadata: r.boolean("RESPONSE_DYNAMIC_METADATA"),
+            caps: RequestCaps {
+                max_descriptors: r.parse("MAX_DESCRIPTORS", parse_count),
+                max_entries: r.parse("MAX_ENTRIES", parse_count),
+                max_entry_bytes: r.parse("MAX_ENTRY_BYTES", parse_count),
+            },
+        };
+        let near_limit_ratio = r.parse("NEAR_LIMIT_RATIO", |s| match s.parse::<f32>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+            _ => Err("expected a number from 0 to 1".into()),
+        });
+        let healthy_with_at_least_one_config_loaded =
+            r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED");
+        let shutdown_grace_period = r.parse("SHUTDOWN_GRACE_PERIOD", parse_duration);
+        let log_level = r.parse("LOG_LEVEL", |s| {
+            use tracing::level_filters::LevelFilter;
+            match s.to_ascii_lowercase().as_str() {
+                "trace" => Ok(LevelFilter::TRACE),
+                "debug" => Ok(LevelFilter::DEBUG),
+                "info" => Ok(LevelFilter::INFO),
+                "warn" | "warning" => Ok(LevelFilter::WARN),
+                "error" | "fatal" | "panic" => Ok(LevelFilter::ERROR),
+                _ => Err("expected trace, debug, info, warn or error".into()),
+            }
+        });
+        let log_format = r.parse("LOG_FORMAT", |s| match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        });
+        let use_statsd = r.boolean("USE_STATSD");
+
+        for (name, why) in IGNORED {
+            if r.is_set(name) {
+                warnings.push(format!(
+                    "{name} is set but has no effect in sluicegate: {why}"
+                ));
+            }
+        }
+        if !r.errors.is_empty() {
+            return Err(SettingsError(r.errors));
+        }
+        Ok(Settings {
+            grpc,
+            grpc_workers,
+            http,
+            debug,
+            config_source,
+            merge_domains,
+            force_start_without_initial_config,
+            backend,
+            memory_max_counters,
+            service,
+            near_limit_ratio,
+            healthy_with_at_least_one_config_loaded,
+            shutdown_grace_period,
+            log_level,
+            log_format,
+            use_statsd,
+            warnings,
+        })
+    }
+
+    /// Settings for tests and embedding: every default, all listeners on loopback port 0,
+    /// one gRPC worker, the given rule paths, no grace period.
+    pub fn for_tests(config_paths: Vec<PathBuf>) -> Settings {
+        let source: HashMap<&str, &str> = [
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("GRPC_HOST", "127.0.0.1"),
+            ("GRPC_PORT", "0"),
+            ("GRPC_WORKERS", "1"),
+            ("DEBUG_HOST", "127.0.0.1"),
+            ("DEBUG_PORT", "0"),
+            ("SHUTDOWN_GRACE_PERIOD", "0"),
+        ]
+        .into_iter()
+        .collect();
+        Settings::parse(&source, config_paths).expect("test settings are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let source: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Settings::parse(&source, vec![PathBuf::from("config")])
+    }
+
+    #[test]
+    fn defaults_are_the_reference_ones() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(
+            s.grpc,
+            Listen::Tcp {
+                host: "0.0.0.0".into(),
+                port: 8081
+            }
+        );
+        assert_eq!(s.http, ("0.0.0.0".into(), 8080));
+        assert_eq!(s.debug, ("0.0.0.0".into(), 6070));
+        assert_eq!(s.backend, Backend::Memory);
+        assert_eq!(s.shutdown_grace_period, Duration::from_secs(5));
+        assert_eq!(s.near_limit_ratio, 0.8);
+        assert_eq!(s.memory_max_counters, DEFAULT_MAX_COUNTERS);
+        assert!(s.service.response_headers.is_none());
+        assert!(!s.use_statsd);
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let err = parse(&[
+            ("PORT", "http"),
+            ("SHADOW_MODE", "yes please"),
+            ("LOG_LEVEL", "loud"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "PORT=\"http\" is not valid: expected a port number from 0 to 65535",
+                "SHADOW_MODE=\"yes please\" is not valid: expected true or false (or 1, 0, t, f)",
+                "LOG_LEVEL=\"loud\" is not valid: expected trace, debug, info, warn or error",
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_and_are_named_in_errors() {
+        let env: HashMap<String, String> = [("GRPC_PORT".to_string(), "9000".to_string())].into();
+        let flags: HashMap<String, String> = [("GRPC_PORT".to_string(), "9001".to_string())].into();
+        let s = Settings::parse(
+            &WithFlags {
+                flags,
+                base: env.clone(),
+            },
+            vec!["c".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            s.grpc,
+            Listen::Tcp {
+                host: "0.0.0.0".into(),
+                port: 9001
+            }
+        );
+        let flags: HashMap<String, String> = [("GRPC_PORT".to_string(), "x".to_string())].into();
+        let err = Settings::parse(&WithFlags { flags, base: env }, vec!["c".into()]).unwrap_err();
+        assert_eq!(
+            err.0,
+            vec!["--grpc-port=\"x\" is not valid: expected a port number from 0 to 65535"]
+        );
+    }
+
+    #[test]
+    fn the_reference_layout_needs_a_subdirectory() {
+        let source: HashMap<&str, &str> = HashMap::new();
+        let err = Settings::parse(&source, Vec::new()).unwrap_err();
+        assert!(
+            err.0[0].starts_with("RUNTIME_SUBDIRECTORY=\"\" is not valid"),
+            "{err}"
+        );
+        let source: HashMap<&str, &str> = [
+            ("RUNTIME_ROOT", "/r"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ]
+        .into();
+        let s = Settings::parse(&source, Vec::new()).unwrap();
+        let ConfigSource::Runtime(layout) = s.config_source else {
+            panic!()
+        };
+        assert_eq!(layout.config_dir(), PathBuf::from("/r/ratelimit/config"));
+    }
+
+    #[test]
+    fn config_flag_wins_over_the_runtime_layout_with_a_warning() {
+        let s = parse(&[("RUNTIME_SUBDIRECTORY", "ratelimit")]).unwrap();
+        assert_eq!(
+            s.config_source,
+            ConfigSource::Paths(vec![PathBuf::from("config")])
+        );
+        assert_eq!(
+            s.warnings,
+            vec!["--config is given, so RUNTIME_SUBDIRECTORY is ignored"]
+        );
+    }
+
+    #[test]
+    fn unsupported_providers_and_backends_are_named() {
+        let err = parse(&[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("BACKEND_TYPE", "memcache"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].contains("xDS"));
+        assert!(err.0[1].contains("memcache is not supported"));
+    }
+
+    #[test]
+    fn go_durations_and_booleans_parse() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("150us"), Ok(Duration::from_micros(150)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "10", "s", "1x", "-1s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_bool("T"), Ok(true));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("yes").is_err());
+    }
+
+    #[test]
+    fn empty_values_mean_the_default() {
+        let s = parse(&[("GRPC_PORT", ""), ("SHADOW_MODE", "")]).unwrap();
+        assert_eq!(
+            s.grpc,
+            Listen::Tcp {
+                host: "0.0.0.0".into(),
+                port: 8081
+            }
+        );
+    }
+
+    #[test]
+    fn response_header_names_are_configurable() {
+        let s = parse(&[
+            ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
+            ("LIMIT_LIMIT_HEADER", "A-Ratelimit-Limit"),
+        ])
+        .unwrap();
+        let names = s.service.response_headers.unwrap();
+        assert_eq!(
+            (names.limit.as_str(), names.remaining.as_str()),
+            ("A-Ratelimit-Limit", "RateLimit-Remaining")
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! Where counters live.
+//!
+//! Owns applying a request's hits to its counters and returning each limit's outcome.
+//! The store is an enum, not a trait object: the memory path stays synchronous and
+//! inlined, and each backend encodes its own keys from the same structured description
+//! of a counter ([`Counter`]), so no joined string ever identifies a counter in memory.
+//!
+//! This module must not match rules or build responses.
+
+pub mod key;
+pub mod memory;
+
+use std::sync::Arc;
+
+use crate::clock::Nanos;
+use crate::limiter::{LimitParams, Outcome};
+use crate::rules::{EntryView, Rule};
+use key::LimitIdentity;
+pub use memory::MemoryStore;
+
+/// One limit of one request descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter<'a, E> {
+    pub domain: &'a str,
+    pub entries: &'a [E],
+    /// The matched rule (for `share_threshold` values); `None` for a request override.
+    pub rule: Option<&'a Rule>,
+    pub identity: LimitIdentity<'a>,
+    pub params: &'a LimitParams,
+    pub hits: u64,
+}
+
+impl<'a, E: EntryView> Counter<'a, E> {
+    /// The value this counter is kept under at `depth`: the rule's pattern on a
+    /// `share_threshold` level, else the request's value.
+    pub fn value_at(&self, depth: usize, entry: &'a E) -> &'a str {
+        match self.rule {
+            Some(rule) => rule.counter_value(depth, entry.value()),
+            None => entry.value(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Memory(Arc<MemoryStore>),
+}
+
+impl Store {
+    /// Applies one counter's hits and decides.
+    #[inline]
+    pub fn apply<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Outcome {
+        match self {
+            Store::Memory(memory) => memory.apply_with_key(
+                |buf| {
+                    key::encode(buf, counter.identity, counter.entries, |depth, e| {
+                        counter.value_at(depth, e)
+                    })
+                },
+                counter.params,
+                counter.hits,
+                now,
+            ),
+        }
+    }
+
+    pub fn memory(&self) -> Option<&Arc<MemoryStore>> {
+        match self {
+            Store::Memory(m) => Some(m),
+        }
+    }
+}
