@@ -50,11 +50,14 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Config(d) => write!(
-                f,
-                "the rate limit configuration did not load ({} errors)",
-                d.error_count()
-            ),
+            StartError::Config(d) => {
+                let n = d.error_count();
+                let plural = if n == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "the rate limit configuration did not load: {n} error{plural}"
+                )
+            }
             StartError::Bind {
                 listener,
                 address,

@@ -77,8 +77,10 @@ fn settings_from(matches: &ArgMatches) -> Result<Settings, Vec<String>> {
 }
 
 fn init_logging(settings: &Settings) {
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_max_level(settings.log_level)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match settings.log_format {
         LogFormat::Text => builder.try_init(),

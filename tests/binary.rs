@@ -1,0 +1,328 @@
+//! The built binary, started the way the reference's integration tests start theirs:
+//! its environment variables and a `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config` directory.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{TempDir, connect, http, request};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+
+const RULES: &str = r#"
+domain: basic
+descriptors:
+  - key: key1
+    rate_limit: {unit: second, requests_per_unit: 50}
+  - key: one_per_minute
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
+
+const ANOTHER: &str = r#"
+domain: another
+descriptors:
+  - key: key2
+    rate_limit: {unit: minute, requests_per_unit: 20}
+"#;
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    debug: SocketAddr,
+}
+
+fn sluicegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+}
+
+fn address_in(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.split(prefix).nth(1)?;
+    rest.split('\'').next()?.parse().ok()
+}
+
+/// Starts the binary and waits for its three "Listening" lines.
+fn spawn(mut command: Command) -> Running {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut grpc, mut http, mut debug) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while grpc.is_none() || http.is_none() || debug.is_none() {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("listening lines");
+        grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
+        http = http.or(address_in(&line, "Listening for HTTP on '"));
+        debug = debug.or(address_in(&line, "Listening for debug on '"));
+    }
+    Running {
+        child,
+        lines,
+        grpc: grpc.unwrap(),
+        http: http.unwrap(),
+        debug: debug.unwrap(),
+    }
+}
+
+fn reference_env(command: &mut Command, root: &std::path::Path) {
+    command
+        .env_clear()
+        .env("RUNTIME_ROOT", root)
+        .env("RUNTIME_SUBDIRECTORY", "ratelimit")
+        .env("RUNTIME_WATCH_ROOT", "false")
+        .env("USE_STATSD", "false")
+        .env("HOST", "127.0.0.1")
+        .env("GRPC_HOST", "127.0.0.1")
+        .env("DEBUG_HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("DEBUG_PORT", "0")
+        .env("SHUTDOWN_GRACE_PERIOD", "0")
+        .env("LOG_LEVEL", "warn");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn serves_the_reference_layout_over_grpc_and_json_then_stops_on_sigterm() {
+    let root = TempDir::new("binary");
+    root.write("ratelimit/config/basic.yaml", RULES);
+    root.write("ratelimit/config/sub/another.yaml", ANOTHER);
+    let mut command = sluicegate();
+    reference_env(&mut command, root.path());
+    let mut running = spawn(command);
+
+    let mut client = connect(running.grpc).await;
+    let r = client
+        .should_rate_limit(request("basic", &[&[("key1", "foo")]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (Code::Ok as i32, 49),
+        "reference I2"
+    );
+    for i in 0..25u32 {
+        let r = client
+            .should_rate_limit(request("another", &[&[("key2", "r1")]]))
+            .await
+            .unwrap()
+            .into_inner();
+        let expected = if i < 20 { Code::Ok } else { Code::OverLimit };
+        assert_eq!(r.overall_code, expected as i32, "reference I3, call {i}");
+        assert_eq!(
+            r.statuses[0].limit_remaining,
+            19u32.saturating_sub(i),
+            "call {i}"
+        );
+    }
+    let r = client
+        .should_rate_limit(request("foo", &[&[("hello", "world")]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.overall_code,
+        Code::Ok as i32,
+        "reference I1: unknown domain"
+    );
+
+    let body =
+        r#"{"domain":"basic","descriptors":[{"entries":[{"key":"one_per_minute","value":"x"}]}]}"#;
+    assert_eq!(http(running.http, "POST", "/json", body).await.0, 200);
+    assert_eq!(http(running.http, "POST", "/json", body).await.0, 429);
+    assert_eq!(
+        http(running.http, "GET", "/healthcheck", "").await,
+        (200, "OK".into())
+    );
+    let (_, rlconfig) = http(running.debug, "GET", "/rlconfig", "").await;
+    assert!(
+        rlconfig.contains("another.key2: unit=MINUTE requests_per_unit=20"),
+        "{rlconfig}"
+    );
+
+    sigterm(&running.child);
+    let status = wait_exit(&mut running.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = running.lines.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("received SIGTERM")),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish() {
+    let root = TempDir::new("binary-inflight");
+    root.write("ratelimit/config/basic.yaml", RULES);
+    let mut command = sluicegate();
+    reference_env(&mut command, root.path());
+    command.env("SHUTDOWN_GRACE_PERIOD", "1s");
+    let mut running = spawn(command);
+    let client = connect(running.grpc).await;
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 4)).await;
+                c.should_rate_limit(request("basic", &[&[("key1", "k")]]))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sigterm(&running.child);
+    for call in calls {
+        let response = call.await.unwrap();
+        assert!(
+            response.is_ok(),
+            "a call during the grace period failed: {response:?}"
+        );
+    }
+    assert_eq!(
+        wait_exit(&mut running.child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn every_bad_setting_is_named_and_the_exit_code_is_64() {
+    let output = sluicegate()
+        .env_clear()
+        .env("PORT", "eighty")
+        .env("SHADOW_MODE", "maybe")
+        .env("RUNTIME_SUBDIRECTORY", "ratelimit")
+        .arg("--grpc-port=70000")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PORT=\"eighty\" is not valid"), "{stderr}");
+    assert!(
+        stderr.contains("--grpc-port=\"70000\" is not valid"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SHADOW_MODE=\"maybe\" is not valid"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_empty_runtime_subdirectory_is_a_clear_start_up_error() {
+    let output = sluicegate().env_clear().output().unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("RUNTIME_SUBDIRECTORY=\"\" is not valid")
+    );
+}
+
+#[test]
+fn a_broken_rule_file_stops_start_up_with_its_position() {
+    let root = TempDir::new("binary-bad");
+    root.write("rules/bad.yaml", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n");
+    let output = sluicegate()
+        .env_clear()
+        .arg("--config")
+        .arg(root.path().join("rules"))
+        .args([
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--debug-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.yaml:4:24: invalid rate limit unit 'fortnight'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_taken_port_fails_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let root = TempDir::new("binary-port");
+    root.write("rules/ok.yaml", RULES);
+    let output = sluicegate()
+        .env_clear()
+        .arg("--config")
+        .arg(root.path().join("rules"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--grpc-port",
+            "0",
+            "--debug-port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let help = sluicegate().arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--grpc-port") && text.contains("[env: GRPC_PORT]"),
+        "{text}"
+    );
+    let version = sluicegate().arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("sluicegate "));
+}
