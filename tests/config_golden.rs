@@ -42,7 +42,7 @@ fn every_bad_fixture_fails_with_its_exact_message() {
     let mut failures = Vec::new();
     for case in cases("bad") {
         let actual = match load(&case) {
-            Ok(_) => format!("(loaded without errors)"),
+            Ok(_) => "(loaded without errors)".to_string(),
             Err(e) => e,
         };
         match expected(&case, "err") {
