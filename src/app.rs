@@ -53,16 +53,9 @@ impl std::fmt::Display for StartError {
             StartError::Config(d) => {
                 let n = d.error_count();
                 let plural = if n == 1 { "" } else { "s" };
-                write!(
-                    f,
-                    "the rate limit configuration did not load: {n} error{plural}"
-                )
+                write!(f, "the rate limit configuration did not load: {n} error{plural}")
             }
-            StartError::Bind {
-                listener,
-                address,
-                error,
-            } => {
+            StartError::Bind { listener, address, error } => {
                 write!(f, "cannot listen for {listener} on {address}: {error}")
             }
             StartError::Io(e) => write!(f, "{e}"),
@@ -83,12 +76,7 @@ pub struct ConfigLoader {
 
 impl ConfigLoader {
     pub fn new(source: ConfigSource, merge_domains: bool, registry: Arc<LimitRegistry>) -> Self {
-        ConfigLoader {
-            source,
-            merge_domains,
-            registry,
-            versions: AtomicU64::new(0),
-        }
+        ConfigLoader { source, merge_domains, registry, versions: AtomicU64::new(0) }
     }
 
     /// Loads every file afresh; the version counts successful loads.
@@ -146,14 +134,9 @@ impl Server {
             tracing::warn!("{warning}");
         }
         let registry = Arc::new(LimitRegistry::new());
-        let loader = Arc::new(ConfigLoader::new(
-            settings.config_source.clone(),
-            settings.merge_domains,
-            registry.clone(),
-        ));
-        let health = Arc::new(Health::new(
-            settings.healthy_with_at_least_one_config_loaded,
-        ));
+        let loader =
+            Arc::new(ConfigLoader::new(settings.config_source.clone(), settings.merge_domains, registry.clone()));
+        let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
         let config = Arc::new(ArcSwapOption::empty());
         match loader.load() {
             Ok(snapshot) => {
@@ -184,12 +167,7 @@ impl Server {
                 (Store::Memory(memory.clone()), Some(memory))
             }
         };
-        let limiter = Arc::new(RateLimiter::new(
-            config,
-            store,
-            clock,
-            settings.service.clone(),
-        ));
+        let limiter = Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()));
 
         let (grpc_listeners, grpc_addr) = bind_grpc(&settings)?;
         let http_listener = bind_plain("HTTP", &settings.http.0, settings.http.1)?;
@@ -199,10 +177,7 @@ impl Server {
         // The reference's start-up lines, at the level it uses, so they show by default.
         tracing::warn!("Listening for debug on '{debug_addr}'");
         match (&settings.grpc, grpc_addr) {
-            (_, Some(addr)) => tracing::warn!(
-                "Listening for gRPC on '{addr}' ({} workers)",
-                grpc_listeners.len()
-            ),
+            (_, Some(addr)) => tracing::warn!("Listening for gRPC on '{addr}' ({} workers)", grpc_listeners.len()),
             (Listen::Unix(path), None) => {
                 tracing::warn!("Listening for gRPC on unix socket '{}'", path.display())
             }
@@ -210,12 +185,7 @@ impl Server {
         }
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
-            shared: Shared {
-                limiter,
-                health,
-                loader,
-                memory,
-            },
+            shared: Shared { limiter, health, loader, memory },
             settings,
             grpc_listeners,
             http_listener,
@@ -227,27 +197,15 @@ impl Server {
     }
 }
 
-fn bind_error(
-    listener: &'static str,
-    address: String,
-) -> impl FnOnce(std::io::Error) -> StartError {
-    move |error| StartError::Bind {
-        listener,
-        address,
-        error,
-    }
+fn bind_error(listener: &'static str, address: String) -> impl FnOnce(std::io::Error) -> StartError {
+    move |error| StartError::Bind { listener, address, error }
 }
 
-fn bind_plain(
-    listener: &'static str,
-    host: &str,
-    port: u16,
-) -> Result<std::net::TcpListener, StartError> {
+fn bind_plain(listener: &'static str, host: &str, port: u16) -> Result<std::net::TcpListener, StartError> {
     let shown = format!("{host}:{port}");
     let addr = Listen::socket_addr(host, port).map_err(bind_error(listener, shown.clone()))?;
     let l = std::net::TcpListener::bind(addr).map_err(bind_error(listener, shown.clone()))?;
-    l.set_nonblocking(true)
-        .map_err(bind_error(listener, shown))?;
+    l.set_nonblocking(true).map_err(bind_error(listener, shown))?;
     Ok(l)
 }
 
@@ -273,8 +231,7 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
             }) {
                 let _ = std::fs::remove_file(path);
             }
-            let l = std::os::unix::net::UnixListener::bind(path)
-                .map_err(bind_error("gRPC", shown.clone()))?;
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(bind_error("gRPC", shown.clone()))?;
             l.set_nonblocking(true).map_err(bind_error("gRPC", shown))?;
             Ok((vec![GrpcListener::Unix(l)], None))
         }
@@ -285,8 +242,7 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
             } else {
                 settings.grpc_workers
             };
-            let addr =
-                Listen::socket_addr(host, *port).map_err(bind_error("gRPC", shown.clone()))?;
+            let addr = Listen::socket_addr(host, *port).map_err(bind_error("gRPC", shown.clone()))?;
             let first = reuseport_listener(addr).map_err(bind_error("gRPC", shown.clone()))?;
             // Port 0 picks a port once; every other worker binds that same port.
             let bound = first.local_addr().map_err(StartError::Io)?;
@@ -303,15 +259,7 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
 impl Started {
     /// Serves until `shutdown` completes, then drains as SPEC §7 says and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Started {
-            shared,
-            settings,
-            grpc_listeners,
-            http_listener,
-            debug_listener,
-            grpc_addr: _,
-            ..
-        } = self;
+        let Started { shared, settings, grpc_listeners, http_listener, debug_listener, grpc_addr: _, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (reporter, health_server) = tonic_health::server::health_reporter();
@@ -320,31 +268,16 @@ impl Started {
         let mut workers = Vec::new();
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            grpc::spawn_worker(
-                index,
-                listener,
-                rls.clone(),
-                health_server.clone(),
-                stop_rx.clone(),
-                done_tx,
-            )
-            .map_err(StartError::Io)?;
+            grpc::spawn_worker(index, listener, rls.clone(), health_server.clone(), stop_rx.clone(), done_tx)
+                .map_err(StartError::Io)?;
             workers.push(done_rx);
         }
 
-        let state = HttpState {
-            limiter: shared.limiter.clone(),
-            health: shared.health.clone(),
-        };
+        let state = HttpState { limiter: shared.limiter.clone(), health: shared.health.clone() };
         let http = serve_http(http_listener, http::router(state.clone()), stop_rx.clone())?;
         let debug = serve_http(debug_listener, http::debug_router(state), stop_rx.clone())?;
-        let sweeper = shared.memory.clone().map(|m| {
-            tokio::spawn(sweep_loop(
-                m,
-                shared.limiter.clock().clone(),
-                stop_rx.clone(),
-            ))
-        });
+        let sweeper =
+            shared.memory.clone().map(|m| tokio::spawn(sweep_loop(m, shared.limiter.clock().clone(), stop_rx.clone())));
 
         shutdown.await;
         shared.health.start_draining();
@@ -384,10 +317,7 @@ fn serve_http(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
     }))

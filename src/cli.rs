@@ -27,14 +27,9 @@ fn with_setting_flags(mut command: Command) -> Command {
             .value_parser(clap::value_parser!(PathBuf))
             .help("A rule file, or a directory of *.yaml/*.yml rule files (repeatable); replaces the RUNTIME_* layout"),
     );
-    command =
-        command.next_help_heading("Settings (each also read from the environment variable named)");
+    command = command.next_help_heading("Settings (each also read from the environment variable named)");
     for spec in SPECS {
-        let default = if spec.default.is_empty() {
-            String::new()
-        } else {
-            format!(" [default: {}]", spec.default)
-        };
+        let default = if spec.default.is_empty() { String::new() } else { format!(" [default: {}]", spec.default) };
         command = command.arg(
             Arg::new(spec.env)
                 .long(flag_name(spec.env))
@@ -48,9 +43,7 @@ fn with_setting_flags(mut command: Command) -> Command {
 
 /// The whole command-line interface.
 pub fn command() -> Command {
-    let serve = with_setting_flags(
-        Command::new("serve").about("Run the rate limit service (the default command)"),
-    );
+    let serve = with_setting_flags(Command::new("serve").about("Run the rate limit service (the default command)"));
     with_setting_flags(
         Command::new("sluicegate")
             .version(env!("CARGO_PKG_VERSION"))
@@ -61,18 +54,9 @@ pub fn command() -> Command {
 }
 
 fn settings_from(matches: &ArgMatches) -> Result<Settings, Vec<String>> {
-    let config: Vec<PathBuf> = matches
-        .get_many::<PathBuf>("config")
-        .map(|v| v.cloned().collect())
-        .unwrap_or_default();
-    let flags: HashMap<String, String> = SPECS
-        .iter()
-        .filter_map(|s| {
-            matches
-                .get_one::<String>(s.env)
-                .map(|v| (s.env.to_string(), v.clone()))
-        })
-        .collect();
+    let config: Vec<PathBuf> = matches.get_many::<PathBuf>("config").map(|v| v.cloned().collect()).unwrap_or_default();
+    let flags: HashMap<String, String> =
+        SPECS.iter().filter_map(|s| matches.get_one::<String>(s.env).map(|v| (s.env.to_string(), v.clone()))).collect();
     Settings::parse(&WithFlags { flags, base: Env }, config).map_err(|e| e.0)
 }
 
@@ -95,9 +79,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 _ => ExitCode::from(EXIT_USAGE),
             };
         }
@@ -117,10 +99,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         }
     };
     init_logging(&settings);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluicegate: cannot start the runtime: {e}");
@@ -153,29 +132,11 @@ mod tests {
     #[test]
     fn every_setting_has_a_flag() {
         let m = command()
-            .try_get_matches_from([
-                "sluicegate",
-                "--grpc-port",
-                "9",
-                "--config",
-                "a",
-                "--config",
-                "b",
-            ])
+            .try_get_matches_from(["sluicegate", "--grpc-port", "9", "--config", "a", "--config", "b"])
             .unwrap();
-        assert_eq!(
-            m.get_one::<String>("GRPC_PORT").map(String::as_str),
-            Some("9")
-        );
+        assert_eq!(m.get_one::<String>("GRPC_PORT").map(String::as_str), Some("9"));
         assert_eq!(m.get_many::<PathBuf>("config").unwrap().count(), 2);
-        let m = command()
-            .try_get_matches_from(["sluicegate", "serve", "--shadow-mode", "true"])
-            .unwrap();
-        assert!(
-            m.subcommand_matches("serve")
-                .unwrap()
-                .get_one::<String>("SHADOW_MODE")
-                .is_some()
-        );
+        let m = command().try_get_matches_from(["sluicegate", "serve", "--shadow-mode", "true"]).unwrap();
+        assert!(m.subcommand_matches("serve").unwrap().get_one::<String>("SHADOW_MODE").is_some());
     }
 }

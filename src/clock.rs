@@ -90,10 +90,7 @@ impl Clock {
 fn system_now() -> Nanos {
     // A clock before 1970 is a broken host; answering "the epoch" keeps the service up and
     // every window consistent with itself.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(Nanos::from)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(Nanos::from).unwrap_or_default()
 }
 
 /// A manually driven clock. Clones share the same time, so a test keeps one clone and

@@ -46,22 +46,14 @@ impl RateLimitService for RlsService {
 
 /// Service names the health service answers for: the reference's `ratelimit`, the
 /// overall server (`""`), and the full gRPC service name.
-const HEALTH_NAMES: [&str; 3] = [
-    "",
-    "ratelimit",
-    <RateLimitServiceServer<RlsService> as NamedService>::NAME,
-];
+const HEALTH_NAMES: [&str; 3] = ["", "ratelimit", <RateLimitServiceServer<RlsService> as NamedService>::NAME];
 
 /// Keeps the gRPC health service in step with [`Health`] until `health` is dropped.
 pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
     let mut changes = health.subscribe();
     drop(health);
     loop {
-        let status = if *changes.borrow_and_update() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if *changes.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
         for name in HEALTH_NAMES {
             reporter.set_service_status(name, status).await;
         }
@@ -85,9 +77,7 @@ pub fn spawn_worker(
     index: usize,
     listener: GrpcListener,
     rls: RateLimitServiceServer<RlsService>,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     mut stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,
 ) -> std::io::Result<JoinHandle<()>> {

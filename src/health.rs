@@ -67,8 +67,7 @@ impl Health {
 
     fn publish(&self) {
         let now = self.is_serving();
-        self.serving
-            .send_if_modified(|serving| std::mem::replace(serving, now) != now);
+        self.serving.send_if_modified(|serving| std::mem::replace(serving, now) != now);
     }
 }
 
@@ -85,10 +84,7 @@ mod tests {
         h.set_config_loaded(2);
         assert!(h.is_serving());
         h.set_config_loaded(0);
-        assert!(
-            !h.is_serving(),
-            "a load with no domains is not healthy (reference S15)"
-        );
+        assert!(!h.is_serving(), "a load with no domains is not healthy (reference S15)");
     }
 
     #[test]

@@ -43,11 +43,7 @@ pub fn router(state: HttpState) -> Router {
 
 /// The debug port's routes.
 pub fn debug_router(state: HttpState) -> Router {
-    Router::new()
-        .route("/", any(index))
-        .route("/rlconfig", any(rlconfig))
-        .fallback(not_found)
-        .with_state(state)
+    Router::new().route("/", any(index)).route("/rlconfig", any(rlconfig)).fallback(not_found).with_state(state)
 }
 
 async fn not_found() -> Response {
@@ -63,12 +59,7 @@ async fn healthcheck(State(state): State<HttpState>) -> Response {
 }
 
 fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 async fn json(State(state): State<HttpState>, body: Bytes) -> Response {
@@ -84,26 +75,14 @@ async fn json(State(state): State<HttpState>, body: Bytes) -> Response {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let body = crate::json::response_json(&response).to_string();
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                Body::from(body),
-            )
-                .into_response()
+            (status, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response()
         }
-        Err(e @ ServiceError::InvalidArgument(_)) => {
-            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
-        }
-        Err(e @ ServiceError::Unavailable(_)) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
-        }
+        Err(e @ ServiceError::InvalidArgument(_)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(e @ ServiceError::Unavailable(_)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 
-const DEBUG_ENDPOINTS: &[(&str, &str)] = &[(
-    "/rlconfig",
-    "print out the currently loaded configuration for debugging",
-)];
+const DEBUG_ENDPOINTS: &[(&str, &str)] = &[("/rlconfig", "print out the currently loaded configuration for debugging")];
 
 async fn index() -> Response {
     let mut body = String::new();
@@ -127,16 +106,9 @@ pub fn rlconfig_text(limiter: &RateLimiter) -> String {
     };
     for domain in snapshot.rules.domains() {
         for rule in domain.rules() {
-            let tail = format!(
-                ", shadow_mode: {}, quota_mode: {}",
-                rule.shadow_mode, rule.quota_mode
-            );
+            let tail = format!(", shadow_mode: {}, quota_mode: {}", rule.shadow_mode, rule.quota_mode);
             if rule.unlimited {
-                let _ = writeln!(
-                    out,
-                    "{}: unit=UNKNOWN requests_per_unit=0{tail}",
-                    rule.stats_key
-                );
+                let _ = writeln!(out, "{}: unit=UNKNOWN requests_per_unit=0{tail}", rule.stats_key);
             }
             for limit in rule.limits.iter() {
                 let p = &limit.params;

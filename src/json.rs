@@ -8,14 +8,10 @@
 
 use base64::Engine as _;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::{
-    Duration as ProtoDuration, Struct, UInt64Value, Value, value::Kind,
-};
+use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, Struct, UInt64Value, Value, value::Kind};
 use serde_json::{Map, Value as Json, json};
 
 use crate::limiter::Unit;
@@ -25,8 +21,7 @@ pub fn parse_request(body: &[u8]) -> Result<RateLimitRequest, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("the request body is empty; send a JSON RateLimitRequest".into());
     }
-    let json: Json = serde_json::from_slice(body)
-        .map_err(|e| format!("the request body is not valid JSON: {e}"))?;
+    let json: Json = serde_json::from_slice(body).map_err(|e| format!("the request body is not valid JSON: {e}"))?;
     let object = as_object(&json, "the request")?;
     let mut request = RateLimitRequest::default();
     for (name, value) in object {
@@ -66,15 +61,12 @@ fn descriptor(json: &Json, index: usize) -> Result<RateLimitDescriptor, String> 
                 d.hits_addend = if value.is_null() {
                     None
                 } else {
-                    Some(UInt64Value {
-                        value: unsigned(value, &format!("{what}.hitsAddend"))?,
-                    })
+                    Some(UInt64Value { value: unsigned(value, &format!("{what}.hitsAddend"))? })
                 }
             }
             "isNegativeHits" | "is_negative_hits" => {
-                d.is_negative_hits = value
-                    .as_bool()
-                    .ok_or_else(|| format!("{what}.isNegativeHits must be a boolean"))?
+                d.is_negative_hits =
+                    value.as_bool().ok_or_else(|| format!("{what}.isNegativeHits must be a boolean"))?
             }
             other => return Err(format!("unknown field {other:?} in {what}")),
         }
@@ -102,9 +94,8 @@ fn limit_override(json: &Json, what: &str) -> Result<Option<RateLimitOverride>, 
     for (name, value) in as_object(json, what)? {
         match name.as_str() {
             "requestsPerUnit" | "requests_per_unit" => {
-                o.requests_per_unit =
-                    u32::try_from(unsigned(value, &format!("{what}.requestsPerUnit"))?)
-                        .map_err(|_| format!("{what}.requestsPerUnit must fit in 32 bits"))?
+                o.requests_per_unit = u32::try_from(unsigned(value, &format!("{what}.requestsPerUnit"))?)
+                    .map_err(|_| format!("{what}.requestsPerUnit must fit in 32 bits"))?
             }
             "unit" => {
                 o.unit = match value {
@@ -128,8 +119,7 @@ fn limit_override(json: &Json, what: &str) -> Result<Option<RateLimitOverride>, 
 }
 
 fn as_object<'a>(json: &'a Json, what: &str) -> Result<&'a Map<String, Json>, String> {
-    json.as_object()
-        .ok_or_else(|| format!("{what} must be a JSON object"))
+    json.as_object().ok_or_else(|| format!("{what} must be a JSON object"))
 }
 
 fn array<'a>(json: &'a Json, what: &str) -> Result<&'a [Json], String> {
@@ -151,12 +141,8 @@ fn string(json: &Json, what: &str) -> Result<String, String> {
 /// A proto3 JSON unsigned integer: a number or a decimal string.
 fn unsigned(json: &Json, what: &str) -> Result<u64, String> {
     match json {
-        Json::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| format!("{what} must be a whole number of at least 0")),
-        Json::String(s) => s
-            .parse()
-            .map_err(|_| format!("{what} must be a whole number of at least 0")),
+        Json::Number(n) => n.as_u64().ok_or_else(|| format!("{what} must be a whole number of at least 0")),
+        Json::String(s) => s.parse().map_err(|_| format!("{what} must be a whole number of at least 0")),
         Json::Null => Ok(0),
         _ => Err(format!("{what} must be a number")),
     }
@@ -218,11 +204,7 @@ fn struct_json(s: &Struct) -> Json {
     // Sorted keys: the proto map is unordered, but a stable body is easier to test and diff.
     let mut keys: Vec<&String> = s.fields.keys().collect();
     keys.sort();
-    Json::Object(
-        keys.into_iter()
-            .map(|k| (k.clone(), value_json(&s.fields[k])))
-            .collect(),
-    )
+    Json::Object(keys.into_iter().map(|k| (k.clone(), value_json(&s.fields[k]))).collect())
 }
 
 fn value_json(v: &Value) -> Json {
@@ -240,32 +222,17 @@ fn value_json(v: &Value) -> Json {
 pub fn response_json(response: &RateLimitResponse) -> Json {
     let mut out = Map::new();
     if response.overall_code != 0 {
-        out.insert(
-            "overallCode".into(),
-            json!(code_name(response.overall_code)),
-        );
+        out.insert("overallCode".into(), json!(code_name(response.overall_code)));
     }
     if !response.statuses.is_empty() {
-        out.insert(
-            "statuses".into(),
-            Json::Array(response.statuses.iter().map(status).collect()),
-        );
+        out.insert("statuses".into(), Json::Array(response.statuses.iter().map(status).collect()));
     }
     if !response.response_headers_to_add.is_empty() {
-        let headers = response
-            .response_headers_to_add
-            .iter()
-            .map(|h| json!({"key": h.key, "value": h.value}));
-        out.insert(
-            "responseHeadersToAdd".into(),
-            Json::Array(headers.collect()),
-        );
+        let headers = response.response_headers_to_add.iter().map(|h| json!({"key": h.key, "value": h.value}));
+        out.insert("responseHeadersToAdd".into(), Json::Array(headers.collect()));
     }
     if !response.raw_body.is_empty() {
-        out.insert(
-            "rawBody".into(),
-            json!(base64::engine::general_purpose::STANDARD.encode(&response.raw_body)),
-        );
+        out.insert("rawBody".into(), json!(base64::engine::general_purpose::STANDARD.encode(&response.raw_body)));
     }
     if let Some(md) = &response.dynamic_metadata {
         out.insert("dynamicMetadata".into(), struct_json(md));
@@ -287,37 +254,21 @@ mod tests {
         assert_eq!(r.domain, "d");
         assert_eq!(r.hits_addend, 2);
         let d = &r.descriptors[0];
-        assert_eq!(
-            (d.entries[0].key.as_str(), d.entries[0].value.as_str()),
-            ("k", "v")
-        );
+        assert_eq!((d.entries[0].key.as_str(), d.entries[0].value.as_str()), ("k", "v"));
         assert_eq!(d.hits_addend, Some(UInt64Value { value: 0 }));
-        assert_eq!(
-            d.limit,
-            Some(RateLimitOverride {
-                requests_per_unit: 5,
-                unit: 3
-            })
-        );
+        assert_eq!(d.limit, Some(RateLimitOverride { requests_per_unit: 5, unit: 3 }));
     }
 
     #[test]
     fn malformed_requests_get_one_line_reasons() {
         assert!(parse_request(b"").unwrap_err().contains("empty"));
         assert!(parse_request(b"}").unwrap_err().contains("not valid JSON"));
+        assert_eq!(parse_request(br#"{"domian":"d"}"#).unwrap_err(), "unknown field \"domian\" in the request");
         assert_eq!(
-            parse_request(br#"{"domian":"d"}"#).unwrap_err(),
-            "unknown field \"domian\" in the request"
-        );
-        assert_eq!(
-            parse_request(br#"{"domain":"d","descriptors":[{"entries":[{"key":1}]}]}"#)
-                .unwrap_err(),
+            parse_request(br#"{"domain":"d","descriptors":[{"entries":[{"key":1}]}]}"#).unwrap_err(),
             "descriptors[0].entries[0].key must be a string"
         );
-        assert!(
-            parse_request(br#"{"domain":"d","descriptors":[{"limit":{"unit":"FORTNIGHT"}}]}"#)
-                .is_err()
-        );
+        assert!(parse_request(br#"{"domain":"d","descriptors":[{"limit":{"unit":"FORTNIGHT"}}]}"#).is_err());
     }
 
     #[test]
@@ -326,16 +277,9 @@ mod tests {
             overall_code: Code::OverLimit as i32,
             statuses: vec![DescriptorStatus {
                 code: Code::OverLimit as i32,
-                current_limit: Some(RateLimit {
-                    name: String::new(),
-                    requests_per_unit: 1,
-                    unit: 2,
-                }),
+                current_limit: Some(RateLimit { name: String::new(), requests_per_unit: 1, unit: 2 }),
                 limit_remaining: 0,
-                duration_until_reset: Some(ProtoDuration {
-                    seconds: 12,
-                    nanos: 0,
-                }),
+                duration_until_reset: Some(ProtoDuration { seconds: 12, nanos: 0 }),
                 quota: None,
             }],
             ..Default::default()
@@ -344,12 +288,6 @@ mod tests {
             response_json(&response).to_string(),
             r#"{"overallCode":"OVER_LIMIT","statuses":[{"code":"OVER_LIMIT","currentLimit":{"requestsPerUnit":1,"unit":"MINUTE"},"durationUntilReset":"12s"}]}"#
         );
-        assert_eq!(
-            duration(&ProtoDuration {
-                seconds: 0,
-                nanos: 250_000_000
-            }),
-            "0.250s"
-        );
+        assert_eq!(duration(&ProtoDuration { seconds: 0, nanos: 250_000_000 }), "0.250s");
     }
 }

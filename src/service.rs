@@ -23,13 +23,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::{
-    Duration as ProtoDuration, ListValue, Struct, Value, value::Kind,
-};
+use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, ListValue, Struct, Value, value::Kind};
 use smallvec::SmallVec;
 
 use crate::clock::{Clock, Nanos};
@@ -91,11 +87,7 @@ pub struct RequestCaps {
 
 impl Default for RequestCaps {
     fn default() -> Self {
-        RequestCaps {
-            max_descriptors: 256,
-            max_entries: 64,
-            max_entry_bytes: 16 * 1024,
-        }
+        RequestCaps { max_descriptors: 256, max_entries: 64, max_entry_bytes: 16 * 1024 }
     }
 }
 
@@ -182,12 +174,7 @@ impl<'a> Verdict<'a> {
 
 impl RateLimiter {
     pub fn new(config: SharedConfig, store: Store, clock: Clock, options: ServiceOptions) -> Self {
-        RateLimiter {
-            config,
-            store,
-            clock,
-            options,
-        }
+        RateLimiter { config, store, clock, options }
     }
 
     pub fn config(&self) -> &SharedConfig {
@@ -207,10 +194,7 @@ impl RateLimiter {
     }
 
     /// Answers one `ShouldRateLimit` call.
-    pub async fn should_rate_limit(
-        &self,
-        request: &RateLimitRequest,
-    ) -> Result<RateLimitResponse, ServiceError> {
+    pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         self.decide(request)
     }
 
@@ -219,26 +203,17 @@ impl RateLimiter {
         validate(request, &self.options.caps)?;
         let snapshot = self.config.load();
         let Some(snapshot) = snapshot.as_deref() else {
-            return Err(ServiceError::Unavailable(
-                "no rate limit configuration loaded".into(),
-            ));
+            return Err(ServiceError::Unavailable("no rate limit configuration loaded".into()));
         };
         let now = self.clock.now();
         let domain = snapshot.rules.domain(&request.domain);
-        let mut matched: SmallVec<[Matched<'_>; 8]> = request
-            .descriptors
-            .iter()
-            .map(|d| resolve(domain, d))
-            .collect();
+        let mut matched: SmallVec<[Matched<'_>; 8]> = request.descriptors.iter().map(|d| resolve(domain, d)).collect();
         apply_replaces(&mut matched);
 
         let request_hits = u64::from(request.hits_addend.max(1));
         let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(matched.len());
         for (descriptor, m) in request.descriptors.iter().zip(&matched) {
-            let hits = descriptor
-                .hits_addend
-                .as_ref()
-                .map_or(request_hits, |h| h.value);
+            let hits = descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value);
             verdicts.push(self.count(&request.domain, descriptor, *m, hits, now));
         }
         Ok(self.respond(request, &verdicts))
@@ -254,16 +229,10 @@ impl RateLimiter {
     ) -> Verdict<'a> {
         let quota_by_setting = self.options.global_quota_mode;
         match matched {
-            Matched::NoLimit | Matched::Replaced => Verdict {
-                quota: quota_by_setting,
-                ..Verdict::ok()
-            },
-            Matched::Unlimited(rule) => Verdict {
-                remaining: u32::MAX,
-                unlimited: true,
-                rule: Some(rule),
-                ..Verdict::ok()
-            },
+            Matched::NoLimit | Matched::Replaced => Verdict { quota: quota_by_setting, ..Verdict::ok() },
+            Matched::Unlimited(rule) => {
+                Verdict { remaining: u32::MAX, unlimited: true, rule: Some(rule), ..Verdict::ok() }
+            }
             Matched::Override(params) => {
                 let counter = Counter {
                     domain,
@@ -297,8 +266,7 @@ impl RateLimiter {
                     let better = match &reported {
                         None => true,
                         Some((best, _)) => {
-                            !best.over_limit
-                                && (outcome.over_limit || outcome.remaining < best.remaining)
+                            !best.over_limit && (outcome.over_limit || outcome.remaining < best.remaining)
                         }
                     };
                     if better {
@@ -308,12 +276,7 @@ impl RateLimiter {
                 let Some((outcome, params)) = reported else {
                     return Verdict::ok();
                 };
-                let mut verdict = verdict_of(
-                    outcome,
-                    params,
-                    Some(rule),
-                    quota_by_setting || rule.quota_mode,
-                );
+                let mut verdict = verdict_of(outcome, params, Some(rule), quota_by_setting || rule.quota_mode);
                 if rule.shadow_mode {
                     // Counted and reported, but never enforced; remaining stays as counted.
                     verdict.over_limit = false;
@@ -356,12 +319,7 @@ impl RateLimiter {
     }
 }
 
-fn verdict_of<'a>(
-    outcome: Outcome,
-    params: LimitParams,
-    rule: Option<&'a Rule>,
-    quota: bool,
-) -> Verdict<'a> {
+fn verdict_of<'a>(outcome: Outcome, params: LimitParams, rule: Option<&'a Rule>, quota: bool) -> Verdict<'a> {
     Verdict {
         over_limit: outcome.over_limit,
         reported: Some((params, rule)),
@@ -404,18 +362,13 @@ fn apply_replaces(matched: &mut [Matched<'_>]) {
     let replaced: SmallVec<[&str; 8]> = matched
         .iter()
         .flat_map(|m| match m {
-            Matched::Limited(rule) | Matched::Unlimited(rule) => {
-                rule.replaces.iter().map(|r| &**r).collect()
-            }
+            Matched::Limited(rule) | Matched::Unlimited(rule) => rule.replaces.iter().map(|r| &**r).collect(),
             _ => SmallVec::<[&str; 4]>::new(),
         })
         .collect();
     for m in matched.iter_mut() {
         if let Matched::Limited(rule) = m
-            && rule
-                .name
-                .as_deref()
-                .is_some_and(|name| replaced.contains(&name))
+            && rule.name.as_deref().is_some_and(|name| replaced.contains(&name))
         {
             *m = Matched::Replaced;
         }
@@ -423,31 +376,17 @@ fn apply_replaces(matched: &mut [Matched<'_>]) {
 }
 
 fn proto_duration(n: Nanos) -> ProtoDuration {
-    ProtoDuration {
-        seconds: (n.0 / Nanos::NANOS_PER_SEC) as i64,
-        nanos: (n.0 % Nanos::NANOS_PER_SEC) as i32,
-    }
+    ProtoDuration { seconds: (n.0 / Nanos::NANOS_PER_SEC) as i64, nanos: (n.0 % Nanos::NANOS_PER_SEC) as i32 }
 }
 
 fn status_of(v: &Verdict<'_>) -> DescriptorStatus {
-    let code = if v.over_limit {
-        Code::OverLimit
-    } else {
-        Code::Ok
-    } as i32;
+    let code = if v.over_limit { Code::OverLimit } else { Code::Ok } as i32;
     match v.reported {
-        None => DescriptorStatus {
-            code,
-            limit_remaining: v.remaining,
-            ..Default::default()
-        },
+        None => DescriptorStatus { code, limit_remaining: v.remaining, ..Default::default() },
         Some((params, rule)) => DescriptorStatus {
             code,
             current_limit: Some(RateLimit {
-                name: rule
-                    .and_then(|r| r.name.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
+                name: rule.and_then(|r| r.name.as_deref()).unwrap_or_default().to_string(),
                 requests_per_unit: params.requests_per_unit,
                 unit: params.unit.proto_number(),
             }),
@@ -461,21 +400,14 @@ fn status_of(v: &Verdict<'_>) -> DescriptorStatus {
 /// The reference's choice of descriptor for the `RateLimit-*` headers: the first with the
 /// strictly smallest remaining among those with a limit, overridden by every non-quota
 /// OVER_LIMIT one (so the last of those wins).
-fn add_limit_headers(
-    headers: &mut Vec<HeaderValue>,
-    names: &HeaderNames,
-    verdicts: &[Verdict<'_>],
-) {
+fn add_limit_headers(headers: &mut Vec<HeaderValue>, names: &HeaderNames, verdicts: &[Verdict<'_>]) {
     let mut chosen: Option<&Verdict<'_>> = None;
     for v in verdicts.iter().filter(|v| v.reported.is_some()) {
         if chosen.is_none_or(|c| v.remaining < c.remaining) {
             chosen = Some(v);
         }
     }
-    for v in verdicts
-        .iter()
-        .filter(|v| v.reported.is_some() && v.over_limit && !v.quota)
-    {
+    for v in verdicts.iter().filter(|v| v.reported.is_some() && v.over_limit && !v.quota) {
         chosen = Some(v);
     }
     let Some(v) = chosen else { return };
@@ -488,24 +420,16 @@ fn add_limit_headers(
         (&names.remaining, v.remaining.to_string()),
         (&names.reset, reset_secs.to_string()),
     ] {
-        headers.push(HeaderValue {
-            key: name.clone(),
-            value,
-            raw_value: Vec::new(),
-        });
+        headers.push(HeaderValue { key: name.clone(), value, raw_value: Vec::new() });
     }
 }
 
 fn string_value(s: impl Into<String>) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.into())),
-    }
+    Value { kind: Some(Kind::StringValue(s.into())) }
 }
 
 fn number_value(n: f64) -> Value {
-    Value {
-        kind: Some(Kind::NumberValue(n)),
-    }
+    Value { kind: Some(Kind::NumberValue(n)) }
 }
 
 /// `RESPONSE_DYNAMIC_METADATA`: the request echoed back, plus the merged `metadata` of
@@ -518,48 +442,24 @@ fn dynamic_metadata(request: &RateLimitRequest, verdicts: &[Verdict<'_>]) -> Str
         .iter()
         .map(|d| {
             let mut f = std::collections::HashMap::new();
-            let entries = d
-                .entries
-                .iter()
-                .map(|e| string_value(format!("{}={}", e.key, e.value)))
-                .collect();
-            f.insert(
-                "entries".to_string(),
-                Value {
-                    kind: Some(Kind::ListValue(ListValue { values: entries })),
-                },
-            );
+            let entries = d.entries.iter().map(|e| string_value(format!("{}={}", e.key, e.value))).collect();
+            f.insert("entries".to_string(), Value { kind: Some(Kind::ListValue(ListValue { values: entries })) });
             if let Some(limit) = &d.limit {
                 let unit = Unit::from_proto_number(limit.unit).map_or("UNKNOWN", Unit::name);
                 f.insert(
                     "limit".to_string(),
-                    string_value(format!(
-                        "requests_per_unit:{} unit:{unit}",
-                        limit.requests_per_unit
-                    )),
+                    string_value(format!("requests_per_unit:{} unit:{unit}", limit.requests_per_unit)),
                 );
             }
             if let Some(h) = &d.hits_addend {
                 f.insert("hitsAddend".to_string(), number_value(h.value as f64));
             }
-            Value {
-                kind: Some(Kind::StructValue(Struct { fields: f })),
-            }
+            Value { kind: Some(Kind::StructValue(Struct { fields: f })) }
         })
         .collect();
-    fields.insert(
-        "descriptors".to_string(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue {
-                values: descriptors,
-            })),
-        },
-    );
+    fields.insert("descriptors".to_string(), Value { kind: Some(Kind::ListValue(ListValue { values: descriptors })) });
     if request.hits_addend != 0 {
-        fields.insert(
-            "hitsAddend".to_string(),
-            number_value(f64::from(request.hits_addend)),
-        );
+        fields.insert("hitsAddend".to_string(), number_value(f64::from(request.hits_addend)));
     }
     let mut merged = Struct::default();
     for v in verdicts.iter().filter(|v| !v.over_limit && !v.unlimited) {
@@ -568,12 +468,7 @@ fn dynamic_metadata(request: &RateLimitRequest, verdicts: &[Verdict<'_>]) -> Str
         }
     }
     if !merged.fields.is_empty() {
-        fields.insert(
-            "metadata".to_string(),
-            Value {
-                kind: Some(Kind::StructValue(merged)),
-            },
-        );
+        fields.insert("metadata".to_string(), Value { kind: Some(Kind::StructValue(merged)) });
     }
     Struct { fields }
 }
@@ -585,12 +480,7 @@ fn merge_struct(into: &mut Struct, from: &Struct) {
             (None, _) => {
                 into.fields.insert(key.clone(), value.clone());
             }
-            (
-                Some(Value {
-                    kind: Some(Kind::StructValue(existing)),
-                }),
-                Some(Kind::StructValue(incoming)),
-            ) => {
+            (Some(Value { kind: Some(Kind::StructValue(existing)) }), Some(Kind::StructValue(incoming))) => {
                 merge_struct(existing, incoming);
             }
             (Some(_), _) => {}
@@ -649,11 +539,7 @@ pub fn validate(request: &RateLimitRequest, caps: &RequestCaps) -> Result<(), Se
         if let Some(limit) = &d.limit
             && Unit::from_proto_number(limit.unit).is_none()
         {
-            let shown = if limit.unit == 0 {
-                "UNKNOWN (0)".to_string()
-            } else {
-                format!("{} (undefined)", limit.unit)
-            };
+            let shown = if limit.unit == 0 { "UNKNOWN (0)".to_string() } else { format!("{} (undefined)", limit.unit) };
             return invalid(format!(
                 "descriptor {i} limit override has unit {shown}; expected SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR"
             ));

@@ -33,149 +33,37 @@ const fn spec(env: &'static str, default: &'static str, help: &'static str) -> S
 /// Every setting sluicegate reads. Defaults are the reference's, except where SPEC §5
 /// says otherwise (`BACKEND_TYPE`, `USE_STATSD`).
 pub const SPECS: &[Spec] = &[
-    spec(
-        "HOST",
-        "0.0.0.0",
-        "Address of the HTTP listener (/healthcheck, /json)",
-    ),
-    spec(
-        "PORT",
-        "8080",
-        "Port of the HTTP listener (0 picks a free port)",
-    ),
+    spec("HOST", "0.0.0.0", "Address of the HTTP listener (/healthcheck, /json)"),
+    spec("PORT", "8080", "Port of the HTTP listener (0 picks a free port)"),
     spec("GRPC_HOST", "0.0.0.0", "Address of the gRPC listener"),
-    spec(
-        "GRPC_PORT",
-        "8081",
-        "Port of the gRPC listener (0 picks a free port)",
-    ),
-    spec(
-        "GRPC_UDS",
-        "",
-        "Serve gRPC on this unix socket instead of GRPC_HOST:GRPC_PORT",
-    ),
-    spec(
-        "GRPC_WORKERS",
-        "0",
-        "gRPC worker threads, each with its own runtime and listener (0: one per CPU)",
-    ),
-    spec(
-        "DEBUG_HOST",
-        "0.0.0.0",
-        "Address of the debug listener (/rlconfig)",
-    ),
-    spec(
-        "DEBUG_PORT",
-        "6070",
-        "Port of the debug listener (0 picks a free port)",
-    ),
-    spec(
-        "CONFIG_TYPE",
-        "FILE",
-        "Where rules come from; only FILE is supported",
-    ),
-    spec(
-        "RUNTIME_ROOT",
-        "/srv/runtime_data/current",
-        "Runtime root directory (reference layout)",
-    ),
-    spec(
-        "RUNTIME_SUBDIRECTORY",
-        "",
-        "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)",
-    ),
-    spec(
-        "RUNTIME_APPDIRECTORY",
-        "config",
-        "Directory under the subdirectory with the rule files",
-    ),
-    spec(
-        "RUNTIME_IGNOREDOTFILES",
-        "false",
-        "Skip dot-files and dot-directories in the reference layout",
-    ),
-    spec(
-        "RUNTIME_WATCH_ROOT",
-        "true",
-        "Reload when RUNTIME_ROOT is swapped rather than on file changes",
-    ),
-    spec(
-        "MERGE_DOMAIN_CONFIG",
-        "false",
-        "Allow several files to define the same domain",
-    ),
-    spec(
-        "FORCE_START_WITHOUT_INITIAL_CONFIG",
-        "false",
-        "Start even if the first config load fails",
-    ),
-    spec(
-        "BACKEND_TYPE",
-        "memory",
-        "Where counters live: memory (embedded) or redis",
-    ),
-    spec(
-        "MEMORY_MAX_COUNTERS",
-        "1000000",
-        "Most live counters in memory; the longest-idle are evicted past it",
-    ),
-    spec(
-        "SHADOW_MODE",
-        "false",
-        "Never reject: OVER_LIMIT answers become OK (statuses keep theirs)",
-    ),
-    spec(
-        "QUOTA_MODE",
-        "false",
-        "Treat every descriptor as a quota descriptor",
-    ),
-    spec(
-        "LIMIT_RESPONSE_HEADERS_ENABLED",
-        "false",
-        "Add RateLimit-Limit/Remaining/Reset headers to responses",
-    ),
-    spec(
-        "LIMIT_LIMIT_HEADER",
-        "RateLimit-Limit",
-        "Name of the limit header",
-    ),
-    spec(
-        "LIMIT_REMAINING_HEADER",
-        "RateLimit-Remaining",
-        "Name of the remaining header",
-    ),
-    spec(
-        "LIMIT_RESET_HEADER",
-        "RateLimit-Reset",
-        "Name of the reset header",
-    ),
-    spec(
-        "RESPONSE_DYNAMIC_METADATA",
-        "false",
-        "Return the request and matched rules' metadata as dynamic metadata",
-    ),
-    spec(
-        "NEAR_LIMIT_RATIO",
-        "0.8",
-        "Fraction of a limit above which hits count as near the limit",
-    ),
-    spec(
-        "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
-        "false",
-        "Report unhealthy until a config with a domain loads",
-    ),
-    spec(
-        "SHUTDOWN_GRACE_PERIOD",
-        "5s",
-        "After SIGTERM, keep answering this long before stopping",
-    ),
+    spec("GRPC_PORT", "8081", "Port of the gRPC listener (0 picks a free port)"),
+    spec("GRPC_UDS", "", "Serve gRPC on this unix socket instead of GRPC_HOST:GRPC_PORT"),
+    spec("GRPC_WORKERS", "0", "gRPC worker threads, each with its own runtime and listener (0: one per CPU)"),
+    spec("DEBUG_HOST", "0.0.0.0", "Address of the debug listener (/rlconfig)"),
+    spec("DEBUG_PORT", "6070", "Port of the debug listener (0 picks a free port)"),
+    spec("CONFIG_TYPE", "FILE", "Where rules come from; only FILE is supported"),
+    spec("RUNTIME_ROOT", "/srv/runtime_data/current", "Runtime root directory (reference layout)"),
+    spec("RUNTIME_SUBDIRECTORY", "", "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)"),
+    spec("RUNTIME_APPDIRECTORY", "config", "Directory under the subdirectory with the rule files"),
+    spec("RUNTIME_IGNOREDOTFILES", "false", "Skip dot-files and dot-directories in the reference layout"),
+    spec("RUNTIME_WATCH_ROOT", "true", "Reload when RUNTIME_ROOT is swapped rather than on file changes"),
+    spec("MERGE_DOMAIN_CONFIG", "false", "Allow several files to define the same domain"),
+    spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
+    spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
+    spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
+    spec("SHADOW_MODE", "false", "Never reject: OVER_LIMIT answers become OK (statuses keep theirs)"),
+    spec("QUOTA_MODE", "false", "Treat every descriptor as a quota descriptor"),
+    spec("LIMIT_RESPONSE_HEADERS_ENABLED", "false", "Add RateLimit-Limit/Remaining/Reset headers to responses"),
+    spec("LIMIT_LIMIT_HEADER", "RateLimit-Limit", "Name of the limit header"),
+    spec("LIMIT_REMAINING_HEADER", "RateLimit-Remaining", "Name of the remaining header"),
+    spec("LIMIT_RESET_HEADER", "RateLimit-Reset", "Name of the reset header"),
+    spec("RESPONSE_DYNAMIC_METADATA", "false", "Return the request and matched rules' metadata as dynamic metadata"),
+    spec("NEAR_LIMIT_RATIO", "0.8", "Fraction of a limit above which hits count as near the limit"),
+    spec("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "false", "Report unhealthy until a config with a domain loads"),
+    spec("SHUTDOWN_GRACE_PERIOD", "5s", "After SIGTERM, keep answering this long before stopping"),
     spec("MAX_DESCRIPTORS", "256", "Most descriptors in one request"),
     spec("MAX_ENTRIES", "64", "Most entries in one descriptor"),
-    spec(
-        "MAX_ENTRY_BYTES",
-        "16384",
-        "Longest descriptor key, value or domain, in bytes",
-    ),
+    spec("MAX_ENTRY_BYTES", "16384", "Longest descriptor key, value or domain, in bytes"),
     spec("LOG_LEVEL", "WARN", "trace, debug, info, warn or error"),
     spec("LOG_FORMAT", "text", "text or json"),
     spec("USE_STATSD", "false", "Also send stats to statsd"),
@@ -184,18 +72,9 @@ pub const SPECS: &[Spec] = &[
 /// Reference settings accepted for compatibility that change nothing here; setting one
 /// logs a warning saying so.
 pub const IGNORED: &[(&str, &str)] = &[
-    (
-        "USE_PROMETHEUS",
-        "Prometheus metrics are always served on /metrics",
-    ),
-    (
-        "PROMETHEUS_ADDR",
-        "Prometheus metrics are served on the HTTP and debug ports",
-    ),
-    (
-        "PROMETHEUS_PATH",
-        "Prometheus metrics are served on /metrics",
-    ),
+    ("USE_PROMETHEUS", "Prometheus metrics are always served on /metrics"),
+    ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
+    ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
     ("DISABLE_STATS", "stats are always kept in memory"),
     ("STATS_FLUSH_INTERVAL", "not used"),
     ("EXTRA_TAGS", "not supported"),
@@ -248,18 +127,11 @@ pub struct WithFlags<S> {
 
 impl<S: Source> Source for WithFlags<S> {
     fn get(&self, name: &str) -> Option<String> {
-        self.flags
-            .get(name)
-            .cloned()
-            .or_else(|| self.base.get(name))
+        self.flags.get(name).cloned().or_else(|| self.base.get(name))
     }
 
     fn describe(&self, name: &str) -> String {
-        if self.flags.contains_key(name) {
-            format!("--{}", flag_name(name))
-        } else {
-            name.to_string()
-        }
+        if self.flags.contains_key(name) { format!("--{}", flag_name(name)) } else { name.to_string() }
     }
 }
 
@@ -278,12 +150,10 @@ impl Listen {
     /// Resolves a TCP listen address (hosts may be names, as in the reference).
     pub fn socket_addr(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         use std::net::ToSocketAddrs;
-        (host, port).to_socket_addrs()?.next().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{host} has no address"),
-            )
-        })
+        (host, port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address")))
     }
 }
 
@@ -341,10 +211,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn spec(name: &str) -> &'static Spec {
-        SPECS
-            .iter()
-            .find(|s| s.env == name)
-            .expect("every setting read is in SPECS")
+        SPECS.iter().find(|s| s.env == name).expect("every setting read is in SPECS")
     }
 
     /// The raw value, or the default if unset or empty (as the reference's envconfig).
@@ -365,12 +232,8 @@ impl Reader<'_> {
         match parse(&raw) {
             Ok(v) => v,
             Err(reason) => {
-                self.errors.push(format!(
-                    "{}={raw:?} is not valid: {reason}",
-                    self.source.describe(name)
-                ));
-                parse(Self::spec(name).default)
-                    .unwrap_or_else(|e| panic!("default of {name} must parse: {e}"))
+                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                parse(Self::spec(name).default).unwrap_or_else(|e| panic!("default of {name} must parse: {e}"))
             }
         }
     }
@@ -406,17 +269,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if number_len == 0 {
             return Err(bad());
         }
         let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let seconds_per_unit = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -436,8 +295,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .map_err(|_| "expected a port number from 0 to 65535".into())
+    s.parse::<u16>().map_err(|_| "expected a port number from 0 to 65535".into())
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {
@@ -449,31 +307,20 @@ fn parse_count(s: &str) -> Result<usize, String> {
 
 impl Settings {
     /// Parses every setting from `source`. `config_paths` are the `--config` arguments.
-    pub fn parse(
-        source: &dyn Source,
-        config_paths: Vec<PathBuf>,
-    ) -> Result<Settings, SettingsError> {
-        let mut r = Reader {
-            source,
-            errors: Vec::new(),
-        };
+    pub fn parse(source: &dyn Source, config_paths: Vec<PathBuf>) -> Result<Settings, SettingsError> {
+        let mut r = Reader { source, errors: Vec::new() };
         let mut warnings = Vec::new();
 
         let grpc_host = r.string("GRPC_HOST");
         let grpc_port = r.parse("GRPC_PORT", parse_port);
         let grpc_uds = r.string("GRPC_UDS");
         let grpc = if grpc_uds.is_empty() {
-            Listen::Tcp {
-                host: grpc_host,
-                port: grpc_port,
-            }
+            Listen::Tcp { host: grpc_host, port: grpc_port }
         } else {
             Listen::Unix(PathBuf::from(grpc_uds))
         };
-        let grpc_workers = r.parse("GRPC_WORKERS", |s| {
-            s.parse::<usize>()
-                .map_err(|_| "expected a whole number".into())
-        });
+        let grpc_workers =
+            r.parse("GRPC_WORKERS", |s| s.parse::<usize>().map_err(|_| "expected a whole number".into()));
         let http = (r.string("HOST"), r.parse("PORT", parse_port));
         let debug = (r.string("DEBUG_HOST"), r.parse("DEBUG_PORT", parse_port));
 
@@ -490,19 +337,12 @@ impl Settings {
             watch_root: r.boolean("RUNTIME_WATCH_ROOT"),
         };
         let config_source = if !config_paths.is_empty() {
-            let runtime_set: Vec<&str> = [
-                "RUNTIME_ROOT",
-                "RUNTIME_SUBDIRECTORY",
-                "RUNTIME_APPDIRECTORY",
-            ]
-            .into_iter()
-            .filter(|n| r.is_set(n))
-            .collect();
+            let runtime_set: Vec<&str> = ["RUNTIME_ROOT", "RUNTIME_SUBDIRECTORY", "RUNTIME_APPDIRECTORY"]
+                .into_iter()
+                .filter(|n| r.is_set(n))
+                .collect();
             if !runtime_set.is_empty() {
-                warnings.push(format!(
-                    "--config is given, so {} is ignored",
-                    runtime_set.join(", ")
-                ));
+                warnings.push(format!("--config is given, so {} is ignored", runtime_set.join(", ")));
             }
             ConfigSource::Paths(config_paths)
         } else {
@@ -522,18 +362,13 @@ impl Settings {
             _ => Err("expected memory or redis".into()),
         });
         let memory_max_counters = r.parse("MEMORY_MAX_COUNTERS", parse_count);
-        debug_assert_eq!(
-            Reader::spec("MEMORY_MAX_COUNTERS").default,
-            DEFAULT_MAX_COUNTERS.to_string()
-        );
+        debug_assert_eq!(Reader::spec("MEMORY_MAX_COUNTERS").default, DEFAULT_MAX_COUNTERS.to_string());
 
-        let response_headers = r
-            .boolean("LIMIT_RESPONSE_HEADERS_ENABLED")
-            .then(|| HeaderNames {
-                limit: r.string("LIMIT_LIMIT_HEADER"),
-                remaining: r.string("LIMIT_REMAINING_HEADER"),
-                reset: r.string("LIMIT_RESET_HEADER"),
-            });
+        let response_headers = r.boolean("LIMIT_RESPONSE_HEADERS_ENABLED").then(|| HeaderNames {
+            limit: r.string("LIMIT_LIMIT_HEADER"),
+            remaining: r.string("LIMIT_REMAINING_HEADER"),
+            reset: r.string("LIMIT_RESET_HEADER"),
+        });
         let service = ServiceOptions {
             global_shadow_mode: r.boolean("SHADOW_MODE"),
             global_quota_mode: r.boolean("QUOTA_MODE"),
@@ -549,8 +384,7 @@ impl Settings {
             Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
             _ => Err("expected a number from 0 to 1".into()),
         });
-        let healthy_with_at_least_one_config_loaded =
-            r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED");
+        let healthy_with_at_least_one_config_loaded = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED");
         let shutdown_grace_period = r.parse("SHUTDOWN_GRACE_PERIOD", parse_duration);
         let log_level = r.parse("LOG_LEVEL", |s| {
             use tracing::level_filters::LevelFilter;
@@ -572,9 +406,7 @@ impl Settings {
 
         for (name, why) in IGNORED {
             if r.is_set(name) {
-                warnings.push(format!(
-                    "{name} is set but has no effect in sluicegate: {why}"
-                ));
+                warnings.push(format!("{name} is set but has no effect in sluicegate: {why}"));
             }
         }
         if !r.errors.is_empty() {
@@ -632,13 +464,7 @@ mod tests {
     #[test]
     fn defaults_are_the_reference_ones() {
         let s = parse(&[]).unwrap();
-        assert_eq!(
-            s.grpc,
-            Listen::Tcp {
-                host: "0.0.0.0".into(),
-                port: 8081
-            }
-        );
+        assert_eq!(s.grpc, Listen::Tcp { host: "0.0.0.0".into(), port: 8081 });
         assert_eq!(s.http, ("0.0.0.0".into(), 8080));
         assert_eq!(s.debug, ("0.0.0.0".into(), 6070));
         assert_eq!(s.backend, Backend::Memory);
@@ -651,12 +477,7 @@ mod tests {
 
     #[test]
     fn every_bad_setting_is_reported_at_once() {
-        let err = parse(&[
-            ("PORT", "http"),
-            ("SHADOW_MODE", "yes please"),
-            ("LOG_LEVEL", "loud"),
-        ])
-        .unwrap_err();
+        let err = parse(&[("PORT", "http"), ("SHADOW_MODE", "yes please"), ("LOG_LEVEL", "loud")]).unwrap_err();
         assert_eq!(
             err.0,
             vec![
@@ -671,69 +492,34 @@ mod tests {
     fn flags_win_over_the_environment_and_are_named_in_errors() {
         let env: HashMap<String, String> = [("GRPC_PORT".to_string(), "9000".to_string())].into();
         let flags: HashMap<String, String> = [("GRPC_PORT".to_string(), "9001".to_string())].into();
-        let s = Settings::parse(
-            &WithFlags {
-                flags,
-                base: env.clone(),
-            },
-            vec!["c".into()],
-        )
-        .unwrap();
-        assert_eq!(
-            s.grpc,
-            Listen::Tcp {
-                host: "0.0.0.0".into(),
-                port: 9001
-            }
-        );
+        let s = Settings::parse(&WithFlags { flags, base: env.clone() }, vec!["c".into()]).unwrap();
+        assert_eq!(s.grpc, Listen::Tcp { host: "0.0.0.0".into(), port: 9001 });
         let flags: HashMap<String, String> = [("GRPC_PORT".to_string(), "x".to_string())].into();
         let err = Settings::parse(&WithFlags { flags, base: env }, vec!["c".into()]).unwrap_err();
-        assert_eq!(
-            err.0,
-            vec!["--grpc-port=\"x\" is not valid: expected a port number from 0 to 65535"]
-        );
+        assert_eq!(err.0, vec!["--grpc-port=\"x\" is not valid: expected a port number from 0 to 65535"]);
     }
 
     #[test]
     fn the_reference_layout_needs_a_subdirectory() {
         let source: HashMap<&str, &str> = HashMap::new();
         let err = Settings::parse(&source, Vec::new()).unwrap_err();
-        assert!(
-            err.0[0].starts_with("RUNTIME_SUBDIRECTORY=\"\" is not valid"),
-            "{err}"
-        );
-        let source: HashMap<&str, &str> = [
-            ("RUNTIME_ROOT", "/r"),
-            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
-        ]
-        .into();
+        assert!(err.0[0].starts_with("RUNTIME_SUBDIRECTORY=\"\" is not valid"), "{err}");
+        let source: HashMap<&str, &str> = [("RUNTIME_ROOT", "/r"), ("RUNTIME_SUBDIRECTORY", "ratelimit")].into();
         let s = Settings::parse(&source, Vec::new()).unwrap();
-        let ConfigSource::Runtime(layout) = s.config_source else {
-            panic!()
-        };
+        let ConfigSource::Runtime(layout) = s.config_source else { panic!() };
         assert_eq!(layout.config_dir(), PathBuf::from("/r/ratelimit/config"));
     }
 
     #[test]
     fn config_flag_wins_over_the_runtime_layout_with_a_warning() {
         let s = parse(&[("RUNTIME_SUBDIRECTORY", "ratelimit")]).unwrap();
-        assert_eq!(
-            s.config_source,
-            ConfigSource::Paths(vec![PathBuf::from("config")])
-        );
-        assert_eq!(
-            s.warnings,
-            vec!["--config is given, so RUNTIME_SUBDIRECTORY is ignored"]
-        );
+        assert_eq!(s.config_source, ConfigSource::Paths(vec![PathBuf::from("config")]));
+        assert_eq!(s.warnings, vec!["--config is given, so RUNTIME_SUBDIRECTORY is ignored"]);
     }
 
     #[test]
     fn unsupported_providers_and_backends_are_named() {
-        let err = parse(&[
-            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
-            ("BACKEND_TYPE", "memcache"),
-        ])
-        .unwrap_err();
+        let err = parse(&[("CONFIG_TYPE", "GRPC_XDS_SOTW"), ("BACKEND_TYPE", "memcache")]).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(err.0[0].contains("xDS"));
         assert!(err.0[1].contains("memcache is not supported"));
@@ -757,26 +543,14 @@ mod tests {
     #[test]
     fn empty_values_mean_the_default() {
         let s = parse(&[("GRPC_PORT", ""), ("SHADOW_MODE", "")]).unwrap();
-        assert_eq!(
-            s.grpc,
-            Listen::Tcp {
-                host: "0.0.0.0".into(),
-                port: 8081
-            }
-        );
+        assert_eq!(s.grpc, Listen::Tcp { host: "0.0.0.0".into(), port: 8081 });
     }
 
     #[test]
     fn response_header_names_are_configurable() {
-        let s = parse(&[
-            ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
-            ("LIMIT_LIMIT_HEADER", "A-Ratelimit-Limit"),
-        ])
-        .unwrap();
+        let s =
+            parse(&[("LIMIT_RESPONSE_HEADERS_ENABLED", "true"), ("LIMIT_LIMIT_HEADER", "A-Ratelimit-Limit")]).unwrap();
         let names = s.service.response_headers.unwrap();
-        assert_eq!(
-            (names.limit.as_str(), names.remaining.as_str()),
-            ("A-Ratelimit-Limit", "RateLimit-Remaining")
-        );
+        assert_eq!((names.limit.as_str(), names.remaining.as_str()), ("A-Ratelimit-Limit", "RateLimit-Remaining"));
     }
 }

@@ -47,11 +47,7 @@ fn address_in(line: &str, prefix: &str) -> Option<SocketAddr> {
 
 /// Starts the binary and waits for its three "Listening" lines.
 fn spawn(mut command: Command) -> Running {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -64,20 +60,12 @@ fn spawn(mut command: Command) -> Running {
     let (mut grpc, mut http, mut debug) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while grpc.is_none() || http.is_none() || debug.is_none() {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("listening lines");
+        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("listening lines");
         grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
         http = http.or(address_in(&line, "Listening for HTTP on '"));
         debug = debug.or(address_in(&line, "Listening for debug on '"));
     }
-    Running {
-        child,
-        lines,
-        grpc: grpc.unwrap(),
-        http: http.unwrap(),
-        debug: debug.unwrap(),
-    }
+    Running { child, lines, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
 }
 
 fn reference_env(command: &mut Command, root: &std::path::Path) {
@@ -98,11 +86,7 @@ fn reference_env(command: &mut Command, root: &std::path::Path) {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
 }
 
@@ -130,63 +114,29 @@ async fn serves_the_reference_layout_over_grpc_and_json_then_stops_on_sigterm() 
     let mut running = spawn(command);
 
     let mut client = connect(running.grpc).await;
-    let r = client
-        .should_rate_limit(request("basic", &[&[("key1", "foo")]]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (r.overall_code, r.statuses[0].limit_remaining),
-        (Code::Ok as i32, 49),
-        "reference I2"
-    );
+    let r = client.should_rate_limit(request("basic", &[&[("key1", "foo")]])).await.unwrap().into_inner();
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, 49), "reference I2");
     for i in 0..25u32 {
-        let r = client
-            .should_rate_limit(request("another", &[&[("key2", "r1")]]))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = client.should_rate_limit(request("another", &[&[("key2", "r1")]])).await.unwrap().into_inner();
         let expected = if i < 20 { Code::Ok } else { Code::OverLimit };
         assert_eq!(r.overall_code, expected as i32, "reference I3, call {i}");
-        assert_eq!(
-            r.statuses[0].limit_remaining,
-            19u32.saturating_sub(i),
-            "call {i}"
-        );
+        assert_eq!(r.statuses[0].limit_remaining, 19u32.saturating_sub(i), "call {i}");
     }
-    let r = client
-        .should_rate_limit(request("foo", &[&[("hello", "world")]]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        r.overall_code,
-        Code::Ok as i32,
-        "reference I1: unknown domain"
-    );
+    let r = client.should_rate_limit(request("foo", &[&[("hello", "world")]])).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32, "reference I1: unknown domain");
 
-    let body =
-        r#"{"domain":"basic","descriptors":[{"entries":[{"key":"one_per_minute","value":"x"}]}]}"#;
+    let body = r#"{"domain":"basic","descriptors":[{"entries":[{"key":"one_per_minute","value":"x"}]}]}"#;
     assert_eq!(http(running.http, "POST", "/json", body).await.0, 200);
     assert_eq!(http(running.http, "POST", "/json", body).await.0, 429);
-    assert_eq!(
-        http(running.http, "GET", "/healthcheck", "").await,
-        (200, "OK".into())
-    );
+    assert_eq!(http(running.http, "GET", "/healthcheck", "").await, (200, "OK".into()));
     let (_, rlconfig) = http(running.debug, "GET", "/rlconfig", "").await;
-    assert!(
-        rlconfig.contains("another.key2: unit=MINUTE requests_per_unit=20"),
-        "{rlconfig}"
-    );
+    assert!(rlconfig.contains("another.key2: unit=MINUTE requests_per_unit=20"), "{rlconfig}");
 
     sigterm(&running.child);
     let status = wait_exit(&mut running.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = running.lines.try_iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("received SIGTERM")),
-        "{rest:?}"
-    );
+    assert!(rest.iter().any(|l| l.contains("received SIGTERM")), "{rest:?}");
 }
 
 #[tokio::test]
@@ -203,8 +153,7 @@ async fn sigterm_lets_in_flight_calls_finish() {
             let mut c = client.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(i * 4)).await;
-                c.should_rate_limit(request("basic", &[&[("key1", "k")]]))
-                    .await
+                c.should_rate_limit(request("basic", &[&[("key1", "k")]])).await
             })
         })
         .collect();
@@ -212,15 +161,9 @@ async fn sigterm_lets_in_flight_calls_finish() {
     sigterm(&running.child);
     for call in calls {
         let response = call.await.unwrap();
-        assert!(
-            response.is_ok(),
-            "a call during the grace period failed: {response:?}"
-        );
+        assert!(response.is_ok(), "a call during the grace period failed: {response:?}");
     }
-    assert_eq!(
-        wait_exit(&mut running.child, Duration::from_secs(15)).code(),
-        Some(0)
-    );
+    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
 }
 
 #[test]
@@ -236,51 +179,34 @@ fn every_bad_setting_is_named_and_the_exit_code_is_64() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PORT=\"eighty\" is not valid"), "{stderr}");
-    assert!(
-        stderr.contains("--grpc-port=\"70000\" is not valid"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("SHADOW_MODE=\"maybe\" is not valid"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--grpc-port=\"70000\" is not valid"), "{stderr}");
+    assert!(stderr.contains("SHADOW_MODE=\"maybe\" is not valid"), "{stderr}");
 }
 
 #[test]
 fn an_empty_runtime_subdirectory_is_a_clear_start_up_error() {
     let output = sluicegate().env_clear().output().unwrap();
     assert_eq!(output.status.code(), Some(64));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("RUNTIME_SUBDIRECTORY=\"\" is not valid")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RUNTIME_SUBDIRECTORY=\"\" is not valid"));
 }
 
 #[test]
 fn a_broken_rule_file_stops_start_up_with_its_position() {
     let root = TempDir::new("binary-bad");
-    root.write("rules/bad.yaml", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n");
+    root.write(
+        "rules/bad.yaml",
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+    );
     let output = sluicegate()
         .env_clear()
         .arg("--config")
         .arg(root.path().join("rules"))
-        .args([
-            "--port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--debug-port",
-            "0",
-            "--host",
-            "127.0.0.1",
-        ])
+        .args(["--port", "0", "--grpc-port", "0", "--debug-port", "0", "--host", "127.0.0.1"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("bad.yaml:4:24: invalid rate limit unit 'fortnight'"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.yaml:4:24: invalid rate limit unit 'fortnight'"), "{stderr}");
 }
 
 #[test]
@@ -293,24 +219,12 @@ fn a_taken_port_fails_start_up() {
         .env_clear()
         .arg("--config")
         .arg(root.path().join("rules"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--grpc-port",
-            "0",
-            "--debug-port",
-            "0",
-        ])
+        .args(["--host", "127.0.0.1", "--port", &port, "--grpc-port", "0", "--debug-port", "0"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")), "{stderr}");
 }
 
 #[test]
@@ -318,10 +232,7 @@ fn help_and_version_exit_zero() {
     let help = sluicegate().arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        text.contains("--grpc-port") && text.contains("[env: GRPC_PORT]"),
-        "{text}"
-    );
+    assert!(text.contains("--grpc-port") && text.contains("[env: GRPC_PORT]"), "{text}");
     let version = sluicegate().arg("--version").output().unwrap();
     assert_eq!(version.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("sluicegate "));

@@ -20,30 +20,17 @@ fn hammer_store(threads: usize, per_thread: usize, limit: u32, hits: u64) -> u64
     let id = registry.intern(b"hammer", params);
     let store = Arc::new(MemoryStore::new(registry, 1000));
     let mut key = Vec::new();
-    encode(
-        &mut key,
-        LimitIdentity::Rule(id),
-        &[("user", "alice")],
-        |_, e| e.1,
-    );
+    encode(&mut key, LimitIdentity::Rule(id), &[("user", "alice")], |_, e| e.1);
     let key = Arc::new(key);
     let admitted = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (store, key, admitted, barrier) = (
-                store.clone(),
-                key.clone(),
-                admitted.clone(),
-                barrier.clone(),
-            );
+            let (store, key, admitted, barrier) = (store.clone(), key.clone(), admitted.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..per_thread {
-                    if !store
-                        .apply(&key, &params, hits, Nanos::from_secs(7200))
-                        .over_limit
-                    {
+                    if !store.apply(&key, &params, hits, Nanos::from_secs(7200)).over_limit {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -59,26 +46,19 @@ fn hammer_store(threads: usize, per_thread: usize, limit: u32, hits: u64) -> u64
 #[test]
 fn threads_hammering_one_counter_admit_exactly_the_limit() {
     for threads in [1, 2, 8, 16] {
-        assert_eq!(
-            hammer_store(threads, 32_000 / threads, 10_000, 1),
-            10_000,
-            "{threads} threads"
-        );
+        assert_eq!(hammer_store(threads, 32_000 / threads, 10_000, 1), 10_000, "{threads} threads");
     }
 }
 
 #[test]
 fn hits_addend_above_one_admits_exactly_floor_of_limit_over_hits() {
     for threads in [2, 8] {
-        assert_eq!(
-            hammer_store(threads, 2_000, 1_000, 3),
-            333,
-            "{threads} threads"
-        );
+        assert_eq!(hammer_store(threads, 2_000, 1_000, 3), 333, "{threads} threads");
     }
 }
 
-const RULES: &str = "domain: hammer\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1000}\n";
+const RULES: &str =
+    "domain: hammer\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1000}\n";
 
 async fn hammer_grpc(hits_addend: u32) -> u64 {
     let server = start(&[("hammer.yaml", RULES)], &[("GRPC_WORKERS", "2")], 7200).await;

@@ -32,9 +32,7 @@ fn cases(dir: &str) -> Vec<PathBuf> {
 }
 
 fn expected(case: &Path, extension: &str) -> Option<String> {
-    std::fs::read_to_string(case.with_extension(extension))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+    std::fs::read_to_string(case.with_extension(extension)).ok().map(|s| s.trim_end().to_string())
 }
 
 #[test]
@@ -47,14 +45,8 @@ fn every_bad_fixture_fails_with_its_exact_message() {
         };
         match expected(&case, "err") {
             Some(want) if want == actual => {}
-            Some(want) => failures.push(format!(
-                "{}:\n  want: {want}\n  got:  {actual}",
-                case.display()
-            )),
-            None => failures.push(format!(
-                "{} has no .err file; it printed:\n{actual}",
-                case.display()
-            )),
+            Some(want) => failures.push(format!("{}:\n  want: {want}\n  got:  {actual}", case.display())),
+            None => failures.push(format!("{} has no .err file; it printed:\n{actual}", case.display())),
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -68,10 +60,7 @@ fn every_ok_fixture_loads_with_its_warnings() {
             Ok(warnings) => {
                 let want = expected(&case, "warn").unwrap_or_default();
                 if warnings != want {
-                    failures.push(format!(
-                        "{}:\n  want warnings: {want}\n  got: {warnings}",
-                        case.display()
-                    ));
+                    failures.push(format!("{}:\n  want warnings: {want}\n  got: {warnings}", case.display()));
                 }
             }
             Err(e) => failures.push(format!("{} failed:\n{e}", case.display())),
@@ -104,10 +93,7 @@ fn a_ten_megabyte_file_is_refused_without_reading_it_all() {
     let err = load(&path).unwrap_err();
     assert_eq!(
         err,
-        format!(
-            "{}:1:1: the file is larger than 4194304 bytes, the most a rule file may hold",
-            path.display()
-        )
+        format!("{}:1:1: the file is larger than 4194304 bytes, the most a rule file may hold", path.display())
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -119,16 +105,11 @@ fn descriptors_nested_a_thousand_levels_deep_are_an_error() {
     let mut text = String::from("domain: deep\ndescriptors:\n");
     for depth in 0..1000 {
         let indent = "  ".repeat(depth * 2 + 1);
-        text.push_str(&format!(
-            "{indent}- key: k{depth}\n{indent}  descriptors:\n"
-        ));
+        text.push_str(&format!("{indent}- key: k{depth}\n{indent}  descriptors:\n"));
     }
     std::fs::write(&path, text).unwrap();
     let err = load(&path).unwrap_err();
-    assert!(
-        err.contains("error loading config file: yaml: nesting is deeper than 128 levels"),
-        "{err}"
-    );
+    assert!(err.contains("error loading config file: yaml: nesting is deeper than 128 levels"), "{err}");
     assert!(err.starts_with(&format!("{}:", path.display())), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

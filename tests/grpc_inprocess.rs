@@ -49,79 +49,38 @@ async fn answers_follow_the_rules_and_the_window() {
         // now = 1_000_000 is 40 s into its minute.
         assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 20);
     }
-    let r = call(request(
-        "api",
-        &[&[("remote_address", "10.0.0.1")], &[("path", "/ping")]],
-    ))
-    .await;
-    assert_eq!(
-        (r.overall_code, r.statuses[0].code, r.statuses[1].code),
-        (OVER, OVER, OK)
-    );
+    let r = call(request("api", &[&[("remote_address", "10.0.0.1")], &[("path", "/ping")]])).await;
+    assert_eq!((r.overall_code, r.statuses[0].code, r.statuses[1].code), (OVER, OVER, OK));
     assert!(r.statuses[1].current_limit.is_none());
     let r = call(request("api", &[&[("remote_address", "10.0.0.2")]])).await;
     assert_eq!(r.overall_code, OK, "another address has its own counter");
 
     server.clock.advance(Duration::from_secs(20));
     let r = call(request("api", &[&[("remote_address", "10.0.0.1")]])).await;
-    assert_eq!(
-        (r.overall_code, r.statuses[0].limit_remaining),
-        (OK, 2),
-        "a new window"
-    );
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 2), "a new window");
 
     let r = call(request("api", &[&[("tenant", "t-42"), ("plan", "gold")]])).await;
-    assert_eq!(
-        r.statuses[0].current_limit.as_ref().unwrap().name,
-        "tenant_plan"
-    );
+    assert_eq!(r.statuses[0].current_limit.as_ref().unwrap().name, "tenant_plan");
     let r = call(request("api", &[&[("tenant", "x-42"), ("plan", "gold")]])).await;
-    assert!(
-        r.statuses[0].current_limit.is_none(),
-        "the pattern does not match"
-    );
+    assert!(r.statuses[0].current_limit.is_none(), "the pattern does not match");
     let r = call(request("api", &[&[("path", "/admin")]])).await;
     assert_eq!(r.overall_code, OVER);
 
-    let r = call(request(
-        "unknown-domain",
-        &[&[("remote_address", "10.0.0.1")]],
-    ))
-    .await;
+    let r = call(request("unknown-domain", &[&[("remote_address", "10.0.0.1")]])).await;
     assert_eq!(r.overall_code, OK);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn bad_requests_are_invalid_argument_and_the_service_keeps_answering() {
-    let server = start(
-        &[("api.yaml", RULES)],
-        &[("MAX_DESCRIPTORS", "4")],
-        1_000_000,
-    )
-    .await;
+    let server = start(&[("api.yaml", RULES)], &[("MAX_DESCRIPTORS", "4")], 1_000_000).await;
     let mut client = server.client().await;
     let cases = vec![
-        (
-            request("", &[&[("a", "b")]]),
-            "rate limit domain must not be empty",
-        ),
-        (
-            request("api", &[]),
-            "rate limit descriptor list must not be empty",
-        ),
-        (
-            request("api", &[&[("a", "b")], &[]]),
-            "descriptor 1 has no entries",
-        ),
-        (
-            request("api", &[&[("", "b")]]),
-            "descriptor 0 entry 0 has an empty key",
-        ),
-        (
-            request("api", &[&[("a", "b")] as &[_]; 5]),
-            "request has 5 descriptors, more than MAX_DESCRIPTORS (4)",
-        ),
+        (request("", &[&[("a", "b")]]), "rate limit domain must not be empty"),
+        (request("api", &[]), "rate limit descriptor list must not be empty"),
+        (request("api", &[&[("a", "b")], &[]]), "descriptor 1 has no entries"),
+        (request("api", &[&[("", "b")]]), "descriptor 0 entry 0 has an empty key"),
+        (request("api", &[&[("a", "b")] as &[_]; 5]), "request has 5 descriptors, more than MAX_DESCRIPTORS (4)"),
     ];
     for (req, message) in cases {
         let status = client.should_rate_limit(req).await.unwrap_err();
@@ -130,27 +89,12 @@ async fn bad_requests_are_invalid_argument_and_the_service_keeps_answering() {
     }
     for unit in [0, 99] {
         let mut req = request("api", &[&[("remote_address", "a")]]);
-        req.descriptors[0].limit = Some(RateLimitOverride {
-            requests_per_unit: 5,
-            unit,
-        });
+        req.descriptors[0].limit = Some(RateLimitOverride { requests_per_unit: 5, unit });
         let status = client.should_rate_limit(req).await.unwrap_err();
-        assert_eq!(
-            status.code(),
-            tonic::Code::InvalidArgument,
-            "the reference crashes on unit {unit}"
-        );
-        assert!(
-            status.message().contains("limit override has unit"),
-            "{}",
-            status.message()
-        );
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "the reference crashes on unit {unit}");
+        assert!(status.message().contains("limit override has unit"), "{}", status.message());
     }
-    let r = client
-        .should_rate_limit(request("api", &[&[("remote_address", "z")]]))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = client.should_rate_limit(request("api", &[&[("remote_address", "z")]])).await.unwrap().into_inner();
     assert_eq!(r.overall_code, OK);
     server.stop().await;
 }
@@ -160,23 +104,12 @@ async fn overrides_and_hits_addend_work_end_to_end() {
     let server = start(&[("api.yaml", RULES)], &[], 1_000_000).await;
     let mut client = server.client().await;
     let mut req = request("api", &[&[("anything", "x")]]);
-    req.descriptors[0].limit = Some(RateLimitOverride {
-        requests_per_unit: 10,
-        unit: 3,
-    });
+    req.descriptors[0].limit = Some(RateLimitOverride { requests_per_unit: 10, unit: 3 });
     req.hits_addend = 4;
-    let r = client
-        .should_rate_limit(req.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = client.should_rate_limit(req.clone()).await.unwrap().into_inner();
     assert_eq!(r.statuses[0].limit_remaining, 6);
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
-    let r = client
-        .should_rate_limit(req.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = client.should_rate_limit(req.clone()).await.unwrap().into_inner();
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 6));
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 7 });
     let r = client.should_rate_limit(req).await.unwrap().into_inner();
@@ -187,52 +120,27 @@ async fn overrides_and_hits_addend_work_end_to_end() {
 #[tokio::test]
 async fn health_is_served_over_grpc_and_http() {
     let server = start(&[("api.yaml", RULES)], &[], 1_000_000).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel);
-    for service in [
-        "",
-        "ratelimit",
-        "envoy.service.ratelimit.v3.RateLimitService",
-    ] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    for service in ["", "ratelimit", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, 1, "SERVING for {service:?}");
     }
-    assert_eq!(
-        http(server.http, "GET", "/healthcheck", "").await,
-        (200, "OK".to_string())
-    );
+    assert_eq!(http(server.http, "GET", "/healthcheck", "").await, (200, "OK".to_string()));
     server.shared.health.start_draining();
     assert_eq!(http(server.http, "GET", "/healthcheck", "").await.0, 500);
     // The gRPC health service follows within a moment.
     let mut serving = true;
     for _ in 0..100 {
-        let r = health
-            .check(HealthCheckRequest {
-                service: "ratelimit".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = health.check(HealthCheckRequest { service: "ratelimit".into() }).await.unwrap().into_inner();
         serving = r.status == 1;
         if !serving {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        !serving,
-        "gRPC health reports NOT_SERVING after draining starts"
-    );
+    assert!(!serving, "gRPC health reports NOT_SERVING after draining starts");
     server.stop().await;
 }
 
@@ -256,21 +164,9 @@ async fn json_endpoint_answers_like_the_grpc_service() {
     assert_eq!(http(server.http, "POST", "/json", "").await.0, 400);
     let (status, text) = http(server.http, "POST", "/json", "}").await;
     assert_eq!(status, 400);
-    assert!(
-        text.starts_with("the request body is not valid JSON"),
-        "{text}"
-    );
-    let (status, text) = http(
-        server.http,
-        "POST",
-        "/json",
-        r#"{"domain":"","descriptors":[]}"#,
-    )
-    .await;
-    assert_eq!(
-        (status, text.as_str()),
-        (400, "rate limit domain must not be empty\n")
-    );
+    assert!(text.starts_with("the request body is not valid JSON"), "{text}");
+    let (status, text) = http(server.http, "POST", "/json", r#"{"domain":"","descriptors":[]}"#).await;
+    assert_eq!((status, text.as_str()), (400, "rate limit domain must not be empty\n"));
     assert_eq!(http(server.http, "GET", "/nothing-here", "").await.0, 404);
     server.stop().await;
 }

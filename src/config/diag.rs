@@ -27,21 +27,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(file: &Arc<str>, pos: Pos, message: impl Into<String>) -> Self {
-        Diagnostic {
-            file: file.clone(),
-            pos,
-            severity: Severity::Error,
-            message: message.into(),
-        }
+        Diagnostic { file: file.clone(), pos, severity: Severity::Error, message: message.into() }
     }
 
     pub fn warning(file: &Arc<str>, pos: Pos, message: impl Into<String>) -> Self {
-        Diagnostic {
-            file: file.clone(),
-            pos,
-            severity: Severity::Warning,
-            message: message.into(),
-        }
+        Diagnostic { file: file.clone(), pos, severity: Severity::Warning, message: message.into() }
     }
 
     pub fn is_error(&self) -> bool {

@@ -89,19 +89,8 @@ pub fn discover(source: &ConfigSource) -> Result<Vec<PathBuf>, Diagnostics> {
         ConfigSource::Runtime(layout) => {
             let dir = layout.config_dir();
             match std::fs::metadata(&dir) {
-                Ok(meta) if meta.is_dir() => walk(
-                    &dir,
-                    0,
-                    false,
-                    layout.ignore_dotfiles,
-                    &mut files,
-                    &mut diags,
-                ),
-                Ok(_) => diags.push(Diagnostic::error(
-                    &path_name(&dir),
-                    Pos::START,
-                    "is not a directory",
-                )),
+                Ok(meta) if meta.is_dir() => walk(&dir, 0, false, layout.ignore_dotfiles, &mut files, &mut diags),
+                Ok(_) => diags.push(Diagnostic::error(&path_name(&dir), Pos::START, "is not a directory")),
                 // The reference starts with no rules when the directory does not exist yet;
                 // so do we (hot reload picks the files up when they appear).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -147,12 +136,8 @@ fn walk(
         }
         let path = entry.path();
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                walk(&path, depth + 1, yaml_only, skip_dotfiles, out, diags)
-            }
-            Ok(_) if !yaml_only || name.ends_with(".yaml") || name.ends_with(".yml") => {
-                out.push(path)
-            }
+            Ok(meta) if meta.is_dir() => walk(&path, depth + 1, yaml_only, skip_dotfiles, out, diags),
+            Ok(_) if !yaml_only || name.ends_with(".yaml") || name.ends_with(".yml") => out.push(path),
             Ok(_) => {}
             // A dangling symlink mid-swap: the next reload sees the finished state.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -178,20 +163,11 @@ pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<
             let valid = &bytes[..e.valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
             let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let col = String::from_utf8_lossy(&valid[line_start..])
-                .chars()
-                .count()
-                + 1;
+            let col = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
             diags.push(Diagnostic::error(
                 file,
-                Pos {
-                    line: line as u32,
-                    col: col as u32,
-                },
-                format!(
-                    "error loading config file: invalid UTF-8 at byte {}",
-                    e.valid_up_to()
-                ),
+                Pos { line: line as u32, col: col as u32 },
+                format!("error loading config file: invalid UTF-8 at byte {}", e.valid_up_to()),
             ));
             return Vec::new();
         }
@@ -199,11 +175,7 @@ pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<
     match yaml::parse_documents(text) {
         Ok(documents) => schema::read_file(file, &documents, diags),
         Err(e) => {
-            diags.push(Diagnostic::error(
-                file,
-                e.pos,
-                format!("error loading config file: yaml: {}", e.message),
-            ));
+            diags.push(Diagnostic::error(file, e.pos, format!("error loading config file: yaml: {}", e.message)));
             Vec::new()
         }
     }
@@ -213,23 +185,16 @@ fn read_file(path: &Path, diags: &mut Diagnostics) -> (Arc<str>, Vec<schema::Dom
     use std::io::Read;
     let name = path_name(path);
     let mut bytes = Vec::new();
-    let result =
-        std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+    let result = std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
     if let Err(e) = result {
-        diags.push(Diagnostic::error(
-            &name,
-            Pos::START,
-            format!("cannot read file: {e}"),
-        ));
+        diags.push(Diagnostic::error(&name, Pos::START, format!("cannot read file: {e}")));
         return (name, Vec::new());
     }
     if bytes.len() as u64 > MAX_FILE_BYTES {
         diags.push(Diagnostic::error(
             &name,
             Pos::START,
-            format!(
-                "the file is larger than {MAX_FILE_BYTES} bytes, the most a rule file may hold"
-            ),
+            format!("the file is larger than {MAX_FILE_BYTES} bytes, the most a rule file may hold"),
         ));
         return (name, Vec::new());
     }
@@ -251,10 +216,7 @@ pub fn load(
     let mut files = Vec::new();
     for path in &paths {
         let (name, file_docs) = read_file(path, &mut diags);
-        files.push(LoadedFile {
-            path: name,
-            domains: file_docs.iter().map(|d| d.domain.clone()).collect(),
-        });
+        files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
         docs.extend(file_docs);
     }
     finish(docs, files, merge_domains, registry, version, diags)
@@ -272,10 +234,7 @@ pub fn load_texts(
     for (name, text) in texts {
         let name: Arc<str> = Arc::from(*name);
         let file_docs = read_text(&name, text.as_bytes(), &mut diags);
-        files.push(LoadedFile {
-            path: name,
-            domains: file_docs.iter().map(|d| d.domain.clone()).collect(),
-        });
+        files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
         docs.extend(file_docs);
     }
     finish(docs, files, merge_domains, registry, 1, diags)
@@ -292,22 +251,11 @@ fn finish(
     let rules = rules::build(&docs, merge_domains, registry, &mut diags);
     // Within a file, report in position order; files stay in load order.
     diags.0.sort_by(|a, b| {
-        let file_order = |d: &Diagnostic| {
-            files
-                .iter()
-                .position(|f| f.path == d.file)
-                .unwrap_or(usize::MAX)
-        };
+        let file_order = |d: &Diagnostic| files.iter().position(|f| f.path == d.file).unwrap_or(usize::MAX);
         file_order(a).cmp(&file_order(b)).then(a.pos.cmp(&b.pos))
     });
     if diags.has_errors() {
         return Err(diags);
     }
-    Ok(ConfigSnapshot {
-        rules,
-        files,
-        warnings: diags,
-        loaded_at: SystemTime::now(),
-        version,
-    })
+    Ok(ConfigSnapshot { rules, files, warnings: diags, loaded_at: SystemTime::now(), version })
 }

@@ -99,10 +99,7 @@ const REPLACES_KEYS: &[&str] = &["name"];
 /// Reads the documents of one file. Documents with errors yield what could be read, so
 /// later checks still run; the caller rejects the load if `diags` has any error.
 pub fn read_file(file: &Arc<str>, documents: &[Node], diags: &mut Diagnostics) -> Vec<DomainDoc> {
-    let mut reader = Reader {
-        file: file.clone(),
-        diags,
-    };
+    let mut reader = Reader { file: file.clone(), diags };
     let non_empty: Vec<&Node> = documents.iter().filter(|d| !d.is_null()).collect();
     if non_empty.is_empty() {
         // An empty file is a config without a domain, as in the reference.
@@ -110,10 +107,7 @@ pub fn read_file(file: &Arc<str>, documents: &[Node], diags: &mut Diagnostics) -
         reader.error(pos, "config file cannot have empty domain");
         return Vec::new();
     }
-    non_empty
-        .into_iter()
-        .filter_map(|doc| reader.document(doc))
-        .collect()
+    non_empty.into_iter().filter_map(|doc| reader.document(doc)).collect()
 }
 
 struct Reader<'a> {
@@ -128,11 +122,7 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
+        self.entries.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 }
 
@@ -142,8 +132,7 @@ impl Reader<'_> {
     }
 
     fn warning(&mut self, pos: Pos, message: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::warning(&self.file, pos, message));
+        self.diags.push(Diagnostic::warning(&self.file, pos, message));
     }
 
     fn document(&mut self, doc: &Node) -> Option<DomainDoc> {
@@ -172,21 +161,13 @@ impl Reader<'_> {
         if domain.is_empty() {
             return None;
         }
-        Some(DomainDoc {
-            file: self.file.clone(),
-            pos: doc.pos,
-            domain,
-            domain_pos,
-            descriptors,
-        })
+        Some(DomainDoc { file: self.file.clone(), pos: doc.pos, domain, domain_pos, descriptors })
     }
 
     /// Checks a mapping's keys: strings, known somewhere, expected here.
     fn fields<'n>(&mut self, map: &'n Node, expected: &[&str]) -> Fields<'n> {
         let Value::Map(entries) = &map.value else {
-            return Fields {
-                entries: Vec::new(),
-            };
+            return Fields { entries: Vec::new() };
         };
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(entries.len());
@@ -194,33 +175,24 @@ impl Reader<'_> {
             let name = match &key.value {
                 Value::Scalar(s) if s.kind == ScalarKind::Str => s.text.as_str(),
                 Value::Scalar(s) => {
-                    self.error(
-                        key.pos,
-                        format!("config error, key is not of type string: {}", s.text),
-                    );
+                    self.error(key.pos, format!("config error, key is not of type string: {}", s.text));
                     continue;
                 }
                 _ => {
-                    self.error(
-                        key.pos,
-                        format!(
-                            "config error, key is not of type string: {}",
-                            key.describe()
-                        ),
-                    );
+                    self.error(key.pos, format!("config error, key is not of type string: {}", key.describe()));
                     continue;
                 }
             };
             if expected.contains(&name) {
                 if !seen.insert(name) {
-                    self.warning(key.pos, format!("key '{name}' appears more than once in this mapping; the last one is used"));
+                    self.warning(
+                        key.pos,
+                        format!("key '{name}' appears more than once in this mapping; the last one is used"),
+                    );
                 }
                 out.push((name, value));
             } else if REFERENCE_KEYS.contains(&name) {
-                self.warning(
-                    key.pos,
-                    format!("'{name}' has no effect here and is ignored"),
-                );
+                self.warning(key.pos, format!("'{name}' has no effect here and is ignored"));
             } else {
                 self.error(key.pos, format!("config error, unknown key '{name}'"));
             }
@@ -239,37 +211,25 @@ impl Reader<'_> {
                     Value::Scalar(s) => {
                         self.error(
                             item.pos,
-                            format!(
-                                "config error, yaml file contains list of type other than map: {}",
-                                s.text
-                            ),
+                            format!("config error, yaml file contains list of type other than map: {}", s.text),
                         );
                         false
                     }
                     Value::Seq(_) => {
-                        self.error(
-                            item.pos,
-                            "config error, yaml file contains list of type other than map: a list",
-                        );
+                        self.error(item.pos, "config error, yaml file contains list of type other than map: a list");
                         false
                     }
                 })
                 .collect(),
             _ => {
-                self.error(
-                    node.pos,
-                    format!("{field} must be a list, found {}", node.describe()),
-                );
+                self.error(node.pos, format!("{field} must be a list, found {}", node.describe()));
                 Vec::new()
             }
         }
     }
 
     fn descriptor_list(&mut self, node: &Node) -> Vec<DescriptorDef> {
-        self.map_list(node, "descriptors")
-            .into_iter()
-            .map(|item| self.descriptor(item))
-            .collect()
+        self.map_list(node, "descriptors").into_iter().map(|item| self.descriptor(item)).collect()
     }
 
     fn descriptor(&mut self, node: &Node) -> DescriptorDef {
@@ -288,16 +248,9 @@ impl Reader<'_> {
                 String::new()
             }
         };
-        let value = fields
-            .get("value")
-            .and_then(|v| self.text(v, "value"))
-            .unwrap_or_default();
-        let flag = |reader: &mut Self, name: &str| {
-            fields
-                .get(name)
-                .and_then(|v| reader.boolean(v, name))
-                .unwrap_or(false)
-        };
+        let value = fields.get("value").and_then(|v| self.text(v, "value")).unwrap_or_default();
+        let flag =
+            |reader: &mut Self, name: &str| fields.get(name).and_then(|v| reader.boolean(v, name)).unwrap_or(false);
         let shadow_mode = flag(self, "shadow_mode");
         let quota_mode = flag(self, "quota_mode");
         let detailed_metric = flag(self, "detailed_metric");
@@ -305,30 +258,23 @@ impl Reader<'_> {
         let share_threshold = flag(self, "share_threshold");
         let rate_limit = fields.get("rate_limit").and_then(|rl| self.rate_limit(rl));
         if share_threshold && !value.contains('*') && !key.contains('*') {
-            let shown = if value.is_empty() {
-                key.clone()
-            } else {
-                format!("{key}_{value}")
-            };
+            let shown = if value.is_empty() { key.clone() } else { format!("{key}_{value}") };
             let pos = fields.get("share_threshold").map_or(node.pos, |n| n.pos);
             self.error(
                 pos,
-                format!("share_threshold can only be used with wildcard values (containing '*'), but found key '{shown}'"),
+                format!(
+                    "share_threshold can only be used with wildcard values (containing '*'), but found key '{shown}'"
+                ),
             );
         }
-        let metadata = fields
-            .get("metadata")
-            .and_then(|m| match metadata_struct(m) {
-                Ok(s) => s,
-                Err((pos, message)) => {
-                    self.error(pos, format!("error parsing metadata: {message}"));
-                    None
-                }
-            });
-        let descriptors = fields
-            .get("descriptors")
-            .map(|d| self.descriptor_list(d))
-            .unwrap_or_default();
+        let metadata = fields.get("metadata").and_then(|m| match metadata_struct(m) {
+            Ok(s) => s,
+            Err((pos, message)) => {
+                self.error(pos, format!("error parsing metadata: {message}"));
+                None
+            }
+        });
+        let descriptors = fields.get("descriptors").map(|d| self.descriptor_list(d)).unwrap_or_default();
         DescriptorDef {
             pos: node.pos,
             key,
@@ -349,39 +295,23 @@ impl Reader<'_> {
             Value::Map(_) => {}
             Value::Scalar(s) if s.kind == ScalarKind::Null => return None,
             _ => {
-                self.error(
-                    node.pos,
-                    format!("rate_limit must be a mapping, found {}", node.describe()),
-                );
+                self.error(node.pos, format!("rate_limit must be a mapping, found {}", node.describe()));
                 return None;
             }
         }
         let fields = self.fields(node, RATE_LIMIT_KEYS);
-        let unlimited = fields
-            .get("unlimited")
-            .and_then(|v| self.boolean(v, "unlimited"))
-            .unwrap_or(false);
-        let requests_per_unit = fields
-            .get("requests_per_unit")
-            .and_then(|v| self.count(v, "requests_per_unit"))
-            .unwrap_or(0);
-        let name = fields
-            .get("name")
-            .and_then(|v| self.text(v, "name"))
-            .filter(|n| !n.is_empty());
+        let unlimited = fields.get("unlimited").and_then(|v| self.boolean(v, "unlimited")).unwrap_or(false);
+        let requests_per_unit =
+            fields.get("requests_per_unit").and_then(|v| self.count(v, "requests_per_unit")).unwrap_or(0);
+        let name = fields.get("name").and_then(|v| self.text(v, "name")).filter(|n| !n.is_empty());
         let unit_node = fields.get("unit");
-        let unit_text = unit_node
-            .and_then(|u| self.text(u, "unit"))
-            .unwrap_or_default();
+        let unit_text = unit_node.and_then(|u| self.text(u, "unit")).unwrap_or_default();
         let unit_pos = unit_node.map_or(node.pos, |u| u.pos);
         let unit = Unit::parse(&unit_text);
         let mut valid = true;
         if unlimited {
             if unit.is_some() {
-                self.error(
-                    unit_pos,
-                    "should not specify rate limit unit when unlimited",
-                );
+                self.error(unit_pos, "should not specify rate limit unit when unlimited");
                 valid = false;
             }
         } else if unit.is_none() {
@@ -392,10 +322,7 @@ impl Reader<'_> {
         if let Some(list) = fields.get("replaces") {
             for item in self.map_list(list, "replaces") {
                 let item_fields = self.fields(item, REPLACES_KEYS);
-                let replaced = item_fields
-                    .get("name")
-                    .and_then(|n| self.text(n, "name"))
-                    .unwrap_or_default();
+                let replaced = item_fields.get("name").and_then(|n| self.text(n, "name")).unwrap_or_default();
                 let pos = item_fields.get("name").map_or(item.pos, |n| n.pos);
                 if replaced.is_empty() {
                     self.error(pos, "should not have an empty replaces entry");
@@ -421,26 +348,18 @@ impl Reader<'_> {
     fn text(&mut self, node: &Node, field: &str) -> Option<String> {
         match &node.value {
             Value::Scalar(s) => match s.kind {
-                ScalarKind::Str | ScalarKind::Int(_) | ScalarKind::BigInt | ScalarKind::Bool(_) => {
-                    Some(s.text.clone())
-                }
+                ScalarKind::Str | ScalarKind::Int(_) | ScalarKind::BigInt | ScalarKind::Bool(_) => Some(s.text.clone()),
                 ScalarKind::Null => Some(String::new()),
                 ScalarKind::Float => {
                     self.error(
                         node.pos,
-                        format!(
-                            "{field} must be a string, found {} (quote it to use it as text)",
-                            node.describe()
-                        ),
+                        format!("{field} must be a string, found {} (quote it to use it as text)", node.describe()),
                     );
                     None
                 }
             },
             _ => {
-                self.error(
-                    node.pos,
-                    format!("{field} must be a string, found {}", node.describe()),
-                );
+                self.error(node.pos, format!("{field} must be a string, found {}", node.describe()));
                 None
             }
         }
@@ -451,10 +370,7 @@ impl Reader<'_> {
             Some(ScalarKind::Bool(b)) => Some(b),
             Some(ScalarKind::Null) => Some(false),
             _ => {
-                self.error(
-                    node.pos,
-                    format!("{field} must be true or false, found {}", node.describe()),
-                );
+                self.error(node.pos, format!("{field} must be true or false, found {}", node.describe()));
                 None
             }
         }
@@ -467,11 +383,7 @@ impl Reader<'_> {
             _ => {
                 self.error(
                     node.pos,
-                    format!(
-                        "{field} must be a whole number from 0 to {}, found {}",
-                        u32::MAX,
-                        node.describe()
-                    ),
+                    format!("{field} must be a whole number from 0 to {}, found {}", u32::MAX, node.describe()),
                 );
                 None
             }
@@ -487,10 +399,7 @@ fn metadata_struct(node: &Node) -> Result<Option<Struct>, (Pos, String)> {
             Some(Kind::StructValue(s)) => Ok(Some(s)),
             _ => Err((node.pos, "metadata must be a mapping".to_string())),
         },
-        _ => Err((
-            node.pos,
-            format!("metadata must be a mapping, found {}", node.describe()),
-        )),
+        _ => Err((node.pos, format!("metadata must be a mapping, found {}", node.describe()))),
     }
 }
 
@@ -501,12 +410,7 @@ fn to_proto_value(node: &Node) -> Result<ProtoValue, (Pos, String)> {
             ScalarKind::Bool(b) => Kind::BoolValue(b),
             ScalarKind::Int(i) => Kind::NumberValue(i as f64),
             ScalarKind::BigInt | ScalarKind::Float => {
-                let number = s
-                    .text
-                    .replace('_', "")
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite());
+                let number = s.text.replace('_', "").parse::<f64>().ok().filter(|f| f.is_finite());
                 match number {
                     Some(f) => Kind::NumberValue(f),
                     None => return Err((node.pos, format!("{} is not a finite number", s.text))),
@@ -514,18 +418,16 @@ fn to_proto_value(node: &Node) -> Result<ProtoValue, (Pos, String)> {
             }
             ScalarKind::Str => Kind::StringValue(s.text.clone()),
         },
-        Value::Seq(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(to_proto_value).collect::<Result<_, _>>()?,
-        }),
+        Value::Seq(items) => {
+            Kind::ListValue(ListValue { values: items.iter().map(to_proto_value).collect::<Result<_, _>>()? })
+        }
         Value::Map(entries) => {
             let mut fields = std::collections::HashMap::new();
             for (k, v) in entries {
                 // Lenient where the reference is not: `on:` or `n:` (booleans in YAML 1.1)
                 // and numbers are fine metadata keys, taken as their text.
                 let name = match k.as_scalar() {
-                    Some(s) if !matches!(s.kind, ScalarKind::Null | ScalarKind::Float) => {
-                        s.text.clone()
-                    }
+                    Some(s) if !matches!(s.kind, ScalarKind::Null | ScalarKind::Float) => s.text.clone(),
                     _ => return Err((k.pos, format!("key {} is not a string", k.describe()))),
                 };
                 fields.insert(name, to_proto_value(v)?);
@@ -556,15 +458,9 @@ mod tests {
         );
         assert!(diags.is_empty(), "{diags:?}");
         let d = &docs[0].descriptors[0];
-        assert_eq!(
-            (d.key.as_str(), d.value.as_str(), d.shadow_mode),
-            ("k", "v", true)
-        );
+        assert_eq!((d.key.as_str(), d.value.as_str(), d.shadow_mode), ("k", "v", true));
         let rl = d.rate_limit.as_ref().unwrap();
-        assert_eq!(
-            (rl.unit, rl.requests_per_unit, rl.name.as_deref()),
-            (Some(Unit::Second), 5, Some("n"))
-        );
+        assert_eq!((rl.unit, rl.requests_per_unit, rl.name.as_deref()), (Some(Unit::Second), 5, Some("n")));
         assert_eq!(rl.replaces, vec!["other".to_string()]);
         assert_eq!(d.descriptors[0].key, "sub");
     }
@@ -574,13 +470,7 @@ mod tests {
         let (docs, diags) = read("domain: 5\ndescriptors:\n  - key: 10\n    value: yes\n");
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(docs[0].domain, "5");
-        assert_eq!(
-            (
-                docs[0].descriptors[0].key.as_str(),
-                docs[0].descriptors[0].value.as_str()
-            ),
-            ("10", "yes")
-        );
+        assert_eq!((docs[0].descriptors[0].key.as_str(), docs[0].descriptors[0].value.as_str()), ("10", "yes"));
     }
 
     #[test]
@@ -602,17 +492,12 @@ mod tests {
     fn known_keys_in_the_wrong_place_are_warnings() {
         let (docs, diags) = read("domain: d\nunit: second\ndescriptors: []\n");
         assert_eq!(docs.len(), 1);
-        assert_eq!(
-            diags,
-            vec!["t.yaml:2:1: warning: 'unit' has no effect here and is ignored"]
-        );
+        assert_eq!(diags, vec!["t.yaml:2:1: warning: 'unit' has no effect here and is ignored"]);
     }
 
     #[test]
     fn metadata_becomes_a_struct() {
-        let (docs, diags) = read(
-            "domain: d\ndescriptors:\n  - key: k\n    metadata: {name: s, n: 2, l: [true, ~]}\n",
-        );
+        let (docs, diags) = read("domain: d\ndescriptors:\n  - key: k\n    metadata: {name: s, n: 2, l: [true, ~]}\n");
         assert!(diags.is_empty(), "{diags:?}");
         let md = docs[0].descriptors[0].metadata.as_ref().unwrap();
         assert_eq!(md.fields["name"].kind, Some(Kind::StringValue("s".into())));

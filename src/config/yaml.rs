@@ -99,13 +99,7 @@ impl Node {
     }
 
     pub fn is_null(&self) -> bool {
-        matches!(
-            &self.value,
-            Value::Scalar(Scalar {
-                kind: ScalarKind::Null,
-                ..
-            })
-        )
+        matches!(&self.value, Value::Scalar(Scalar { kind: ScalarKind::Null, .. }))
     }
 }
 
@@ -135,17 +129,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
 
 /// A container under construction.
 enum Open {
-    Seq {
-        items: Vec<Node>,
-        pos: Pos,
-        anchor: usize,
-    },
-    Map {
-        entries: Vec<(Node, Node)>,
-        pending_key: Option<Node>,
-        pos: Pos,
-        anchor: usize,
-    },
+    Seq { items: Vec<Node>, pos: Pos, anchor: usize },
+    Map { entries: Vec<(Node, Node)>, pending_key: Option<Node>, pos: Pos, anchor: usize },
 }
 
 #[derive(Default)]
@@ -194,80 +179,37 @@ impl Builder {
             Event::DocumentEnd => {
                 if !self.root_done {
                     self.documents.push(Node {
-                        value: Value::Scalar(Scalar {
-                            text: String::new(),
-                            kind: ScalarKind::Null,
-                        }),
+                        value: Value::Scalar(Scalar { text: String::new(), kind: ScalarKind::Null }),
                         pos,
                     });
                 }
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    pos,
-                    message: "alias refers to an unknown anchor".to_string(),
-                })?;
+                let node = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| YamlError { pos, message: "alias refers to an unknown anchor".to_string() })?;
                 self.count(count_nodes(&node), pos)?;
                 self.finish(Node { pos, ..node }, 0)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
                 self.count(1, pos)?;
                 let scalar = resolve_scalar(text, style, tag.as_deref());
-                self.finish(
-                    Node {
-                        value: Value::Scalar(scalar),
-                        pos,
-                    },
-                    anchor,
-                )?;
+                self.finish(Node { value: Value::Scalar(scalar), pos }, anchor)?;
             }
             Event::SequenceStart(anchor, _) => {
-                self.open(
-                    Open::Seq {
-                        items: Vec::new(),
-                        pos,
-                        anchor,
-                    },
-                    pos,
-                )?;
+                self.open(Open::Seq { items: Vec::new(), pos, anchor }, pos)?;
             }
             Event::MappingStart(anchor, _) => {
-                self.open(
-                    Open::Map {
-                        entries: Vec::new(),
-                        pending_key: None,
-                        pos,
-                        anchor,
-                    },
-                    pos,
-                )?;
+                self.open(Open::Map { entries: Vec::new(), pending_key: None, pos, anchor }, pos)?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Open::Seq { items, pos, anchor }) => (
-                        Node {
-                            value: Value::Seq(items),
-                            pos,
-                        },
-                        anchor,
-                    ),
-                    Some(Open::Map {
-                        entries,
-                        pos,
-                        anchor,
-                        ..
-                    }) => (
-                        Node {
-                            value: Value::Map(entries),
-                            pos,
-                        },
-                        anchor,
-                    ),
+                    Some(Open::Seq { items, pos, anchor }) => (Node { value: Value::Seq(items), pos }, anchor),
+                    Some(Open::Map { entries, pos, anchor, .. }) => (Node { value: Value::Map(entries), pos }, anchor),
                     None => {
-                        return Err(YamlError {
-                            pos,
-                            message: "unbalanced end of collection".to_string(),
-                        });
+                        return Err(YamlError { pos, message: "unbalanced end of collection".to_string() });
                     }
                 };
                 self.finish(node.0, node.1)?;
@@ -281,9 +223,7 @@ impl Builder {
         if self.nodes > MAX_NODES {
             return Err(YamlError {
                 pos,
-                message: format!(
-                    "the file expands to more than {MAX_NODES} YAML nodes (aliases included)"
-                ),
+                message: format!("the file expands to more than {MAX_NODES} YAML nodes (aliases included)"),
             });
         }
         Ok(())
@@ -291,10 +231,7 @@ impl Builder {
 
     fn open(&mut self, open: Open, pos: Pos) -> Result<(), YamlError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(YamlError {
-                pos,
-                message: format!("nesting is deeper than {MAX_DEPTH} levels"),
-            });
+            return Err(YamlError { pos, message: format!("nesting is deeper than {MAX_DEPTH} levels") });
         }
         self.count(1, pos)?;
         self.stack.push(open);
@@ -311,11 +248,7 @@ impl Builder {
                 self.root_done = true;
             }
             Some(Open::Seq { items, .. }) => items.push(node),
-            Some(Open::Map {
-                entries,
-                pending_key,
-                ..
-            }) => match pending_key.take() {
+            Some(Open::Map { entries, pending_key, .. }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => entries.push((key, node)),
             },
@@ -330,16 +263,10 @@ fn resolve_scalar(text: Cow<'_, str>, style: ScalarStyle, tag: Option<&Tag>) -> 
         && tag.handle == "tag:yaml.org,2002:"
         && tag.suffix == "str"
     {
-        return Scalar {
-            text,
-            kind: ScalarKind::Str,
-        };
+        return Scalar { text, kind: ScalarKind::Str };
     }
     if style != ScalarStyle::Plain {
-        return Scalar {
-            text,
-            kind: ScalarKind::Str,
-        };
+        return Scalar { text, kind: ScalarKind::Str };
     }
     let kind = resolve_plain(&text);
     Scalar { text, kind }
@@ -355,8 +282,8 @@ fn resolve_plain(text: &str) -> ScalarKind {
         "n" | "N" | "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
             return ScalarKind::Bool(false);
         }
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF"
-        | ".nan" | ".NaN" | ".NAN" => return ScalarKind::Float,
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN"
+        | ".NAN" => return ScalarKind::Float,
         _ => {}
     }
     if let Some(kind) = resolve_int(text) {
@@ -384,10 +311,7 @@ fn resolve_int(text: &str) -> Option<ScalarKind> {
         (2, rest)
     } else if let Some(rest) = cleaned.strip_prefix("0o") {
         (8, rest)
-    } else if cleaned.len() > 1
-        && cleaned.starts_with('0')
-        && cleaned.bytes().all(|b| (b'0'..=b'7').contains(&b))
-    {
+    } else if cleaned.len() > 1 && cleaned.starts_with('0') && cleaned.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         (8, &cleaned[1..])
     } else {
         (10, cleaned.as_str())
@@ -452,11 +376,7 @@ mod tests {
     }
 
     fn kind(text: &str) -> ScalarKind {
-        one(&format!("v: {text}\n")).value_map()[0]
-            .1
-            .as_scalar()
-            .unwrap()
-            .kind
+        one(&format!("v: {text}\n")).value_map()[0].1.as_scalar().unwrap().kind
     }
 
     impl Node {
@@ -475,10 +395,7 @@ mod tests {
         assert_eq!(kind("0x1f"), ScalarKind::Int(31));
         assert_eq!(kind("010"), ScalarKind::Int(8));
         assert_eq!(kind("1_000"), ScalarKind::Int(1000));
-        assert_eq!(
-            kind("99999999999999999999999999999999999999999"),
-            ScalarKind::BigInt
-        );
+        assert_eq!(kind("99999999999999999999999999999999999999999"), ScalarKind::BigInt);
         assert_eq!(kind("1.5"), ScalarKind::Float);
         assert_eq!(kind(".5"), ScalarKind::Float);
         assert_eq!(kind("1e3"), ScalarKind::Float);
@@ -502,9 +419,7 @@ mod tests {
         let map = doc.value_map();
         assert_eq!(map[0].0.pos, Pos { line: 1, col: 1 });
         assert_eq!(map[0].1.pos, Pos { line: 1, col: 9 });
-        let Value::Seq(items) = &map[1].1.value else {
-            panic!()
-        };
+        let Value::Seq(items) = &map[1].1.value else { panic!() };
         let item = items[0].value_map();
         assert_eq!(item[1].1.pos, Pos { line: 4, col: 12 });
     }
@@ -529,9 +444,7 @@ mod tests {
         let text = "[".repeat(100_000);
         let err = parse_documents(&text).unwrap_err();
         assert!(err.message.contains("recursion limit"), "{err:?}");
-        let text: String = (0..1000)
-            .map(|d| format!("{}k{d}:\n", " ".repeat(d)))
-            .collect();
+        let text: String = (0..1000).map(|d| format!("{}k{d}:\n", " ".repeat(d))).collect();
         let err = parse_documents(&text).unwrap_err();
         assert!(err.message.contains("deeper than 128"), "{err:?}");
     }
@@ -540,11 +453,7 @@ mod tests {
     fn alias_bombs_are_bounded() {
         let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 {
-                "a".to_string()
-            } else {
-                format!("l{}", i - 1)
-            };
+            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
             text.push_str(&format!("l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         let err = parse_documents(&text).unwrap_err();

@@ -28,35 +28,14 @@ pub fn decide(state: u64, now: Nanos, hits: u64, params: &LimitParams) -> (Outco
     // Truncation is the encoding: second-long windows overflow 32 bits only in 2106.
     let index = (now_secs / window) as u32;
     let (state_index, count) = unpack(state);
-    let before = if state_index == index {
-        u64::from(count)
-    } else {
-        0
-    };
+    let before = if state_index == index { u64::from(count) } else { 0 };
     let after = before.saturating_add(hits);
-    let new_state = if hits == 0 {
-        state
-    } else {
-        pack(index, u32::try_from(after).unwrap_or(u32::MAX))
-    };
+    let new_state = if hits == 0 { state } else { pack(index, u32::try_from(after).unwrap_or(u32::MAX)) };
     let limit = u64::from(params.requests_per_unit);
     let over_limit = after > limit;
-    let remaining = if over_limit {
-        0
-    } else {
-        (limit - after) as u32
-    };
+    let remaining = if over_limit { 0 } else { (limit - after) as u32 };
     let reset_after = Nanos::from_secs(window - now_secs % window);
-    (
-        Outcome {
-            over_limit,
-            before,
-            after,
-            remaining,
-            reset_after,
-        },
-        new_state,
-    )
+    (Outcome { over_limit, before, after, remaining, reset_after }, new_state)
 }
 
 /// A counter is fresh again once its window has ended.
@@ -86,18 +65,12 @@ mod tests {
         let mut state = 0;
         // now = 2222: the minute window started at 2220, so 58 s remain (reference S7).
         let o = run(&mut state, 2222, 1, &params);
-        assert_eq!(
-            (o.over_limit, o.remaining, o.reset_after),
-            (false, 2, Nanos::from_secs(58))
-        );
+        assert_eq!((o.over_limit, o.remaining, o.reset_after), (false, 2, Nanos::from_secs(58)));
         assert_eq!(run(&mut state, 2222, 1, &params).remaining, 1);
         assert_eq!(run(&mut state, 2222, 1, &params).remaining, 0);
         let o = run(&mut state, 2279, 1, &params);
         assert!(o.over_limit);
-        assert_eq!(
-            (o.remaining, o.before, o.after, o.reset_after),
-            (0, 3, 4, Nanos::from_secs(1))
-        );
+        assert_eq!((o.remaining, o.before, o.after, o.reset_after), (0, 3, 4, Nanos::from_secs(1)));
     }
 
     #[test]
@@ -149,10 +122,7 @@ mod tests {
         let params = LimitParams::new(crate::limiter::Algorithm::FixedWindow, 5, Unit::Second, 3);
         let mut state = 0;
         // now = 10: the 3 s window is [9, 12), so 2 s remain.
-        assert_eq!(
-            run(&mut state, 10, 1, &params).reset_after,
-            Nanos::from_secs(2)
-        );
+        assert_eq!(run(&mut state, 10, 1, &params).reset_after, Nanos::from_secs(2));
         assert_eq!(run(&mut state, 11, 1, &params).before, 1);
         assert_eq!(run(&mut state, 12, 1, &params).before, 0);
     }

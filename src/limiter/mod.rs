@@ -26,15 +26,7 @@ pub enum Unit {
 }
 
 impl Unit {
-    pub const ALL: [Unit; 7] = [
-        Unit::Second,
-        Unit::Minute,
-        Unit::Hour,
-        Unit::Day,
-        Unit::Week,
-        Unit::Month,
-        Unit::Year,
-    ];
+    pub const ALL: [Unit; 7] = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week, Unit::Month, Unit::Year];
 
     pub const fn seconds(self) -> u64 {
         match self {
@@ -50,9 +42,7 @@ impl Unit {
 
     /// Parses a config unit name, case-insensitively (`second`, `MINUTE`, ...).
     pub fn parse(text: &str) -> Option<Unit> {
-        Unit::ALL
-            .into_iter()
-            .find(|u| u.name().eq_ignore_ascii_case(text))
+        Unit::ALL.into_iter().find(|u| u.name().eq_ignore_ascii_case(text))
     }
 
     /// The upper-case proto name (`SECOND`), as `/rlconfig` prints it.
@@ -131,12 +121,7 @@ impl LimitParams {
         Self::new(Algorithm::FixedWindow, requests_per_unit, unit, 1)
     }
 
-    pub fn new(
-        algorithm: Algorithm,
-        requests_per_unit: u32,
-        unit: Unit,
-        unit_multiplier: u32,
-    ) -> Self {
+    pub fn new(algorithm: Algorithm, requests_per_unit: u32, unit: Unit, unit_multiplier: u32) -> Self {
         let unit_multiplier = unit_multiplier.max(1);
         LimitParams {
             algorithm,

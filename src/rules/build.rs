@@ -15,15 +15,9 @@ use crate::config::schema::{DescriptorDef, DomainDoc};
 use crate::limiter::LimitParams;
 
 /// Builds the rule set from every document of a load, in load order.
-pub fn build(
-    docs: &[DomainDoc],
-    merge_domains: bool,
-    registry: &LimitRegistry,
-    diags: &mut Diagnostics,
-) -> RuleSet {
+pub fn build(docs: &[DomainDoc], merge_domains: bool, registry: &LimitRegistry, diags: &mut Diagnostics) -> RuleSet {
     let mut set = RuleSet::default();
-    let mut first_seen: std::collections::HashMap<&str, &DomainDoc> =
-        std::collections::HashMap::new();
+    let mut first_seen: std::collections::HashMap<&str, &DomainDoc> = std::collections::HashMap::new();
     for doc in docs {
         if let Some(first) = first_seen.get(doc.domain.as_str()) {
             if !merge_domains {
@@ -40,21 +34,13 @@ pub fn build(
         } else {
             first_seen.insert(&doc.domain, doc);
         }
-        let domain = set
-            .domains
-            .entry(doc.domain.as_str().into())
-            .or_insert_with(|| Domain {
-                name: Arc::from(doc.domain.as_str()),
-                rules: Vec::new(),
-                children: Vec::new(),
-                root: Children::default(),
-            });
-        let mut builder = Builder {
-            domain,
-            registry,
-            file: &doc.file,
-            diags,
-        };
+        let domain = set.domains.entry(doc.domain.as_str().into()).or_insert_with(|| Domain {
+            name: Arc::from(doc.domain.as_str()),
+            rules: Vec::new(),
+            children: Vec::new(),
+            root: Children::default(),
+        });
+        let mut builder = Builder { domain, registry, file: &doc.file, diags };
         for def in &doc.descriptors {
             builder.add(None, def, &[]);
         }
@@ -82,8 +68,7 @@ impl Builder<'_> {
         };
         let mut path = parent_path.to_vec();
         path.push(level);
-        let index =
-            u32::try_from(self.domain.rules.len()).expect("fewer than 2^32 rules in a domain");
+        let index = u32::try_from(self.domain.rules.len()).expect("fewer than 2^32 rules in a domain");
         let siblings = match parent {
             None => &mut self.domain.root,
             Some(p) => &mut self.domain.children[p as usize],
@@ -138,10 +123,7 @@ impl Builder<'_> {
                 .unit
                 .map(|unit| {
                     let params = LimitParams::fixed_window(rl.requests_per_unit, unit);
-                    vec![Limit {
-                        counter_id: self.counter_id(&domain, path, 0, &params),
-                        params,
-                    }]
+                    vec![Limit { counter_id: self.counter_id(&domain, path, 0, &params), params }]
                 })
                 .unwrap_or_default(),
             _ => Vec::new(),

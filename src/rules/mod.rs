@@ -51,9 +51,7 @@ impl EntryView for (String, String) {
     }
 }
 
-impl EntryView
-    for envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry
-{
+impl EntryView for envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry {
     fn key(&self) -> &str {
         &self.key
     }
@@ -127,13 +125,7 @@ impl Domain {
                 .exact
                 .get(entry.value())
                 .copied()
-                .or_else(|| {
-                    same_key
-                        .patterns
-                        .iter()
-                        .find(|(p, _)| p.matches(entry.value()))
-                        .map(|(_, i)| *i)
-                })
+                .or_else(|| same_key.patterns.iter().find(|(p, _)| p.matches(entry.value())).map(|(_, i)| *i))
                 .or(same_key.any)?;
             if depth == last {
                 return Some(&self.rules[index as usize]);
@@ -168,11 +160,7 @@ impl Level {
 
     /// The reference's composite form: `key` or `key_value`.
     pub fn composite(&self) -> String {
-        if self.value.is_empty() {
-            self.key.to_string()
-        } else {
-            format!("{}_{}", self.key, self.value)
-        }
+        if self.value.is_empty() { self.key.to_string() } else { format!("{}_{}", self.key, self.value) }
     }
 }
 

@@ -34,15 +34,11 @@ impl LimitRegistry {
     /// `identity` must already encode the parameters (two limits with one identity and
     /// different parameters would share counters).
     pub fn intern(&self, identity: &[u8], params: LimitParams) -> u32 {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(&id) = inner.ids.get(identity) {
             return id;
         }
-        let id = u32::try_from(inner.params.len())
-            .expect("fewer than 2^32 distinct limits in one process");
+        let id = u32::try_from(inner.params.len()).expect("fewer than 2^32 distinct limits in one process");
         inner.params.push(params);
         inner.ids.insert(identity.to_vec(), id);
         id
@@ -50,10 +46,6 @@ impl LimitRegistry {
 
     /// Parameters of every number assigned so far, indexed by number.
     pub fn snapshot(&self) -> Vec<LimitParams> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .params
-            .clone()
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).params.clone()
     }
 }

@@ -66,19 +66,13 @@ descriptors:
 "#;
 
 fn rules(text: &str) -> RuleSet {
-    load_texts(&[("t.yaml", text)], false, &LimitRegistry::new())
-        .unwrap()
-        .rules
+    load_texts(&[("t.yaml", text)], false, &LimitRegistry::new()).unwrap().rules
 }
 
 fn limit_of<'a>(set: &'a RuleSet, entries: &[(&str, &str)]) -> Option<(u32, Unit, &'a str)> {
     let rule = set.domain("test-domain")?.find(entries)?;
     let limit = rule.limits.first()?;
-    Some((
-        limit.params.requests_per_unit,
-        limit.params.unit,
-        &rule.stats_key,
-    ))
+    Some((limit.params.requests_per_unit, limit.params.unit, &rule.stats_key))
 }
 
 #[test]
@@ -87,21 +81,9 @@ fn reference_basic_config_cases() {
     assert!(set.domain("foo_domain").is_none(), "C1");
     assert_eq!(limit_of(&set, &[]), None, "C2");
     assert_eq!(limit_of(&set, &[("key1", "something")]), None, "C3");
-    assert_eq!(
-        limit_of(&set, &[("key1", "value1")]),
-        None,
-        "C4: placeholder node"
-    );
-    assert_eq!(
-        limit_of(&set, &[("key2", "value2"), ("subkey", "subvalue")]),
-        None,
-        "C5: depth"
-    );
-    assert_eq!(
-        limit_of(&set, &[("key5", "value5"), ("subkey5", "subvalue")]),
-        None,
-        "C6: no fallback"
-    );
+    assert_eq!(limit_of(&set, &[("key1", "value1")]), None, "C4: placeholder node");
+    assert_eq!(limit_of(&set, &[("key2", "value2"), ("subkey", "subvalue")]), None, "C5: depth");
+    assert_eq!(limit_of(&set, &[("key5", "value5"), ("subkey5", "subvalue")]), None, "C6: no fallback");
     assert_eq!(
         limit_of(&set, &[("key1", "value1"), ("subkey1", "something")]),
         Some((5, Unit::Second, "test-domain.key1_value1.subkey1")),
@@ -109,54 +91,19 @@ fn reference_basic_config_cases() {
     );
     assert_eq!(
         limit_of(&set, &[("key1", "value1"), ("subkey1", "subvalue1")]),
-        Some((
-            10,
-            Unit::Second,
-            "test-domain.key1_value1.subkey1_subvalue1"
-        )),
+        Some((10, Unit::Second, "test-domain.key1_value1.subkey1_subvalue1")),
         "C8"
     );
-    assert_eq!(
-        limit_of(&set, &[("key2", "something")]),
-        Some((20, Unit::Minute, "test-domain.key2")),
-        "C9"
-    );
-    assert_eq!(
-        limit_of(&set, &[("key2", "value2")]),
-        Some((30, Unit::Minute, "test-domain.key2_value2")),
-        "C10"
-    );
-    let whitelisted = set
-        .domain("test-domain")
-        .unwrap()
-        .find(&[("key2", "value3")])
-        .unwrap();
-    assert!(
-        !whitelisted.is_limited() && !whitelisted.unlimited,
-        "C11: whitelist"
-    );
-    assert_eq!(
-        limit_of(&set, &[("key3", "foo")]),
-        Some((1, Unit::Hour, "test-domain.key3")),
-        "C12"
-    );
-    let key4 = set
-        .domain("test-domain")
-        .unwrap()
-        .find(&[("key4", "foo")])
-        .unwrap();
+    assert_eq!(limit_of(&set, &[("key2", "something")]), Some((20, Unit::Minute, "test-domain.key2")), "C9");
+    assert_eq!(limit_of(&set, &[("key2", "value2")]), Some((30, Unit::Minute, "test-domain.key2_value2")), "C10");
+    let whitelisted = set.domain("test-domain").unwrap().find(&[("key2", "value3")]).unwrap();
+    assert!(!whitelisted.is_limited() && !whitelisted.unlimited, "C11: whitelist");
+    assert_eq!(limit_of(&set, &[("key3", "foo")]), Some((1, Unit::Hour, "test-domain.key3")), "C12");
+    let key4 = set.domain("test-domain").unwrap().find(&[("key4", "foo")]).unwrap();
     assert_eq!(key4.name.as_deref(), Some("key4_rate_limit"), "C13");
-    let key6 = set
-        .domain("test-domain")
-        .unwrap()
-        .find(&[("key6", "foo")])
-        .unwrap();
+    let key6 = set.domain("test-domain").unwrap().find(&[("key6", "foo")]).unwrap();
     assert!(key6.unlimited && !key6.is_limited(), "C14");
-    assert_eq!(
-        limit_of(&set, &[("key7", "x")]).map(|l| l.0),
-        Some(70),
-        "C15"
-    );
+    assert_eq!(limit_of(&set, &[("key7", "x")]).map(|l| l.0), Some(70), "C15");
 }
 
 #[test]
@@ -167,10 +114,7 @@ fn no_backtracking_to_the_key_only_branch() {
         "domain: test-domain\ndescriptors:\n  - key: a\n    value: x\n    descriptors:\n      - key: b\n        value: only\n        rate_limit: {unit: second, requests_per_unit: 1}\n  - key: a\n    descriptors:\n      - key: b\n        rate_limit: {unit: second, requests_per_unit: 2}\n",
     );
     assert_eq!(limit_of(&set, &[("a", "x"), ("b", "other")]), None);
-    assert_eq!(
-        limit_of(&set, &[("a", "y"), ("b", "other")]).map(|l| l.0),
-        Some(2)
-    );
+    assert_eq!(limit_of(&set, &[("a", "y"), ("b", "other")]).map(|l| l.0), Some(2));
 }
 
 #[test]
@@ -179,34 +123,16 @@ fn a_node_with_children_and_a_limit_applies_when_entries_end_there() {
         "domain: test-domain\ndescriptors:\n  - key: key-1\n    rate_limit: {unit: minute, requests_per_unit: 100}\n    descriptors:\n      - key: key-2\n        rate_limit: {unit: minute, requests_per_unit: 5}\n",
     );
     assert_eq!(limit_of(&set, &[("key-1", "v")]).map(|l| l.0), Some(100));
-    assert_eq!(
-        limit_of(&set, &[("key-1", "v"), ("key-2", "w")]).map(|l| l.0),
-        Some(5)
-    );
-    assert_eq!(
-        limit_of(&set, &[("key-1", "v"), ("key-2", "w"), ("key-3", "z")]),
-        None
-    );
+    assert_eq!(limit_of(&set, &[("key-1", "v"), ("key-2", "w")]).map(|l| l.0), Some(5));
+    assert_eq!(limit_of(&set, &[("key-1", "v"), ("key-2", "w"), ("key-3", "z")]), None);
 }
 
 #[test]
 fn reference_wildcard_cases() {
     let set = rules(WILDCARD);
-    assert_eq!(
-        limit_of(&set, &[("noVal", "foo1")]).map(|l| l.2),
-        Some("test-domain.noVal"),
-        "C35"
-    );
-    assert_eq!(
-        limit_of(&set, &[("wild", "foo1")]).map(|l| l.2),
-        Some("test-domain.wild_foo*"),
-        "C36"
-    );
-    assert_eq!(
-        limit_of(&set, &[("wild", "foo2")]).map(|l| l.2),
-        Some("test-domain.wild_foo*"),
-        "C36"
-    );
+    assert_eq!(limit_of(&set, &[("noVal", "foo1")]).map(|l| l.2), Some("test-domain.noVal"), "C35");
+    assert_eq!(limit_of(&set, &[("wild", "foo1")]).map(|l| l.2), Some("test-domain.wild_foo*"), "C36");
+    assert_eq!(limit_of(&set, &[("wild", "foo2")]).map(|l| l.2), Some("test-domain.wild_foo*"), "C36");
     assert_eq!(
         limit_of(&set, &[("nestedWild", "val1"), ("wild", "goo2")]).map(|l| l.2),
         Some("test-domain.nestedWild_val1.wild_goo*"),
@@ -220,14 +146,8 @@ fn reference_wildcard_cases() {
     for no in ["bara", "xbarb"] {
         assert!(limit_of(&set, &[("midWild", no)]).is_none(), "C39 {no}");
     }
-    assert!(
-        limit_of(&set, &[("multiWild", "foo123bar456baz")]).is_some(),
-        "C40"
-    );
-    assert!(
-        limit_of(&set, &[("multiWild", "foo123baz")]).is_none(),
-        "C40"
-    );
+    assert!(limit_of(&set, &[("multiWild", "foo123bar456baz")]).is_some(), "C40");
+    assert!(limit_of(&set, &[("multiWild", "foo123baz")]).is_none(), "C40");
 }
 
 #[test]
@@ -264,20 +184,8 @@ fn a_rule_in_one_domain_never_changes_a_match_in_another() {
     )
     .unwrap()
     .rules;
-    assert!(
-        set.domain("a")
-            .unwrap()
-            .find(&[("k", "v")])
-            .unwrap()
-            .is_limited()
-    );
-    assert!(
-        !set.domain("b")
-            .unwrap()
-            .find(&[("k", "v")])
-            .unwrap()
-            .is_limited()
-    );
+    assert!(set.domain("a").unwrap().find(&[("k", "v")]).unwrap().is_limited());
+    assert!(!set.domain("b").unwrap().find(&[("k", "v")]).unwrap().is_limited());
 }
 
 #[test]
@@ -285,11 +193,7 @@ fn share_threshold_levels_put_the_pattern_in_counter_keys() {
     let set = rules(
         "domain: test-domain\ndescriptors:\n  - key: files\n    value: files/*\n    share_threshold: true\n    rate_limit: {unit: hour, requests_per_unit: 10}\n",
     );
-    let rule = set
-        .domain("test-domain")
-        .unwrap()
-        .find(&[("files", "files/a.pdf")])
-        .unwrap();
+    let rule = set.domain("test-domain").unwrap().find(&[("files", "files/a.pdf")]).unwrap();
     assert!(rule.shares_counters);
     assert_eq!(rule.counter_value(0, "files/a.pdf"), "files/*");
 }
@@ -306,16 +210,8 @@ fn merged_domains_append_top_level_descriptors() {
         "domain: test-domain\ndescriptors:\n  - key: key2\n    value: value2\n    rate_limit: {unit: minute, requests_per_unit: 20}\n",
     );
     let set = load_texts(&[one, two], true, &registry).unwrap().rules;
-    assert_eq!(
-        limit_of(&set, &[("key1", "value1")]).map(|l| l.0),
-        Some(10),
-        "C16"
-    );
-    assert_eq!(
-        limit_of(&set, &[("key2", "value2")]).map(|l| l.0),
-        Some(20),
-        "C16"
-    );
+    assert_eq!(limit_of(&set, &[("key1", "value1")]).map(|l| l.0), Some(10), "C16");
+    assert_eq!(limit_of(&set, &[("key2", "value2")]).map(|l| l.0), Some(20), "C16");
     let err = load_texts(&[one, one], true, &registry).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -334,25 +230,16 @@ fn merged_domains_append_top_level_descriptors() {
 fn unchanged_rules_keep_their_counter_ids_across_loads() {
     let registry = LimitRegistry::new();
     let id = |text: &str| {
-        let set = load_texts(&[("t.yaml", text)], false, &registry)
-            .unwrap()
-            .rules;
-        set.domain("test-domain")
-            .unwrap()
-            .find(&[("k", "v")])
-            .unwrap()
-            .limits[0]
-            .counter_id
+        let set = load_texts(&[("t.yaml", text)], false, &registry).unwrap().rules;
+        set.domain("test-domain").unwrap().find(&[("k", "v")]).unwrap().limits[0].counter_id
     };
-    let before = id(
-        "domain: test-domain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n",
-    );
+    let before =
+        id("domain: test-domain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n");
     let same = id(
         "domain: test-domain\ndescriptors:\n  - key: other\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5}\n",
     );
-    let changed = id(
-        "domain: test-domain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 6}\n",
-    );
+    let changed =
+        id("domain: test-domain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 6}\n");
     assert_eq!(before, same);
     assert_ne!(before, changed);
 }

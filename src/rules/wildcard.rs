@@ -20,10 +20,7 @@ impl Pattern {
         if !text.contains('*') {
             return None;
         }
-        Some(Pattern {
-            text: text.into(),
-            segments: text.split('*').map(Box::from).collect(),
-        })
+        Some(Pattern { text: text.into(), segments: text.split('*').map(Box::from).collect() })
     }
 
     pub fn as_str(&self) -> &str {
@@ -31,17 +28,9 @@ impl Pattern {
     }
 
     pub fn matches(&self, value: &str) -> bool {
-        let (first, rest) = self
-            .segments
-            .split_first()
-            .expect("a pattern has at least two segments");
-        let (last, middle) = rest
-            .split_last()
-            .expect("a pattern has at least two segments");
-        if value.len() < first.len() + last.len()
-            || !value.starts_with(&**first)
-            || !value.ends_with(&**last)
-        {
+        let (first, rest) = self.segments.split_first().expect("a pattern has at least two segments");
+        let (last, middle) = rest.split_last().expect("a pattern has at least two segments");
+        if value.len() < first.len() + last.len() || !value.starts_with(&**first) || !value.ends_with(&**last) {
             return false;
         }
         let mut inner = &value[first.len()..value.len() - last.len()];

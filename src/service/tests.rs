@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
@@ -61,39 +59,22 @@ fn harness(options: ServiceOptions) -> Harness {
     let config = Arc::new(ArcSwapOption::from_pointee(snapshot));
     let clock = FakeClock::at_secs(2222);
     let store = Store::Memory(Arc::new(MemoryStore::new(registry, 1000)));
-    Harness {
-        limiter: RateLimiter::new(config, store, clock.clone().into(), options),
-        clock,
-    }
+    Harness { limiter: RateLimiter::new(config, store, clock.clone().into(), options), clock }
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
         ..Default::default()
     }
 }
 
 fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: "test-domain".into(),
-        descriptors,
-        hits_addend: 0,
-    }
+    RateLimitRequest { domain: "test-domain".into(), descriptors, hits_addend: 0 }
 }
 
 fn call(h: &Harness, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-    h.limiter
-        .decide(&request(
-            descriptors.iter().map(|d| descriptor(d)).collect(),
-        ))
-        .unwrap()
+    h.limiter.decide(&request(descriptors.iter().map(|d| descriptor(d)).collect())).unwrap()
 }
 
 fn codes(r: &RateLimitResponse) -> (i32, Vec<i32>) {
@@ -108,31 +89,17 @@ fn no_rule_matched_is_ok_with_no_limit() {
     let h = harness(ServiceOptions::default());
     let r = call(&h, &[&[("hello", "world")]]);
     assert_eq!(codes(&r), (OK, vec![OK]));
-    assert_eq!(
-        r.statuses[0],
-        DescriptorStatus {
-            code: OK,
-            ..Default::default()
-        },
-        "S1"
-    );
+    assert_eq!(r.statuses[0], DescriptorStatus { code: OK, ..Default::default() }, "S1");
 }
 
 #[test]
 fn unknown_domain_is_ok_even_with_an_override() {
     let h = harness(ServiceOptions::default());
     let mut d = descriptor(&[("minute", "x")]);
-    d.limit = Some(RateLimitOverride {
-        requests_per_unit: 0,
-        unit: 1,
-    });
+    d.limit = Some(RateLimitOverride { requests_per_unit: 0, unit: 1 });
     let r = h
         .limiter
-        .decide(&RateLimitRequest {
-            domain: "foo_domain".into(),
-            descriptors: vec![d],
-            hits_addend: 0,
-        })
+        .decide(&RateLimitRequest { domain: "foo_domain".into(), descriptors: vec![d], hits_addend: 0 })
         .unwrap();
     assert_eq!(codes(&r), (OK, vec![OK]));
     assert!(r.statuses[0].current_limit.is_none(), "C20");
@@ -141,33 +108,15 @@ fn unknown_domain_is_ok_even_with_an_override() {
 #[test]
 fn statuses_follow_request_order_with_limit_remaining_and_reset() {
     let h = harness(ServiceOptions::default());
-    let r = call(
-        &h,
-        &[&[("hello", "world")], &[("minute", "a")], &[("one", "b")]],
-    );
+    let r = call(&h, &[&[("hello", "world")], &[("minute", "a")], &[("one", "b")]]);
     assert_eq!(codes(&r), (OK, vec![OK, OK, OK]));
     let s = &r.statuses[1];
     let limit = s.current_limit.as_ref().unwrap();
-    assert_eq!(
-        (limit.requests_per_unit, limit.unit, limit.name.as_str()),
-        (10, 2, "")
-    );
+    assert_eq!((limit.requests_per_unit, limit.unit, limit.name.as_str()), (10, 2, ""));
     assert_eq!(s.limit_remaining, 9);
-    assert_eq!(
-        s.duration_until_reset,
-        Some(ProtoDuration {
-            seconds: 58,
-            nanos: 0
-        })
-    );
-    assert_eq!(
-        r.statuses[2].current_limit.as_ref().unwrap().name,
-        "one_limit"
-    );
-    let r = call(
-        &h,
-        &[&[("hello", "world")], &[("minute", "a")], &[("one", "b")]],
-    );
+    assert_eq!(s.duration_until_reset, Some(ProtoDuration { seconds: 58, nanos: 0 }));
+    assert_eq!(r.statuses[2].current_limit.as_ref().unwrap().name, "one_limit");
+    let r = call(&h, &[&[("hello", "world")], &[("minute", "a")], &[("one", "b")]]);
     assert_eq!(codes(&r), (OVER, vec![OK, OK, OVER]));
     assert_eq!(r.statuses[2].limit_remaining, 0);
 }
@@ -178,13 +127,7 @@ fn windows_reset_when_the_clock_crosses_them() {
     assert_eq!(call(&h, &[&[("one", "x")]]).overall_code, OK);
     assert_eq!(call(&h, &[&[("one", "x")]]).overall_code, OVER);
     h.clock.advance(std::time::Duration::from_secs(57));
-    assert_eq!(
-        call(&h, &[&[("one", "x")]]).statuses[0]
-            .duration_until_reset
-            .unwrap()
-            .seconds,
-        1
-    );
+    assert_eq!(call(&h, &[&[("one", "x")]]).statuses[0].duration_until_reset.unwrap().seconds, 1);
     h.clock.advance(std::time::Duration::from_secs(1));
     assert_eq!(call(&h, &[&[("one", "x")]]).overall_code, OK);
 }
@@ -200,20 +143,9 @@ fn each_distinct_value_of_a_key_only_rule_has_its_own_counter() {
 #[test]
 fn unlimited_rules_report_max_remaining_and_no_limit() {
     let h = harness(ServiceOptions::default());
-    let r = call(
-        &h,
-        &[&[("minute", "a")], &[("hello", "x")], &[("unlimited", "z")]],
-    );
+    let r = call(&h, &[&[("minute", "a")], &[("hello", "x")], &[("unlimited", "z")]]);
     assert_eq!(r.statuses[0].limit_remaining, 9);
-    assert_eq!(
-        r.statuses[2],
-        DescriptorStatus {
-            code: OK,
-            limit_remaining: u32::MAX,
-            ..Default::default()
-        },
-        "S13"
-    );
+    assert_eq!(r.statuses[2], DescriptorStatus { code: OK, limit_remaining: u32::MAX, ..Default::default() }, "S13");
 }
 
 #[test]
@@ -221,13 +153,7 @@ fn whitelisted_rules_are_ok_without_counting() {
     let h = harness(ServiceOptions::default());
     for _ in 0..3 {
         let r = call(&h, &[&[("whitelisted", "yes")]]);
-        assert_eq!(
-            r.statuses[0],
-            DescriptorStatus {
-                code: OK,
-                ..Default::default()
-            }
-        );
+        assert_eq!(r.statuses[0], DescriptorStatus { code: OK, ..Default::default() });
     }
     assert!(h.limiter.store().memory().unwrap().is_empty());
 }
@@ -237,22 +163,12 @@ fn hits_addend_request_zero_means_one_descriptor_zero_checks_only() {
     let h = harness(ServiceOptions::default());
     let mut req = request(vec![descriptor(&[("five", "a")])]);
     req.hits_addend = 3;
-    assert_eq!(
-        h.limiter.decide(&req).unwrap().statuses[0].limit_remaining,
-        2
-    );
+    assert_eq!(h.limiter.decide(&req).unwrap().statuses[0].limit_remaining, 2);
     req.hits_addend = 0;
-    assert_eq!(
-        h.limiter.decide(&req).unwrap().statuses[0].limit_remaining,
-        1
-    );
+    assert_eq!(h.limiter.decide(&req).unwrap().statuses[0].limit_remaining, 1);
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
     let r = h.limiter.decide(&req).unwrap();
-    assert_eq!(
-        (r.overall_code, r.statuses[0].limit_remaining),
-        (OK, 1),
-        "checking consumes nothing"
-    );
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1), "checking consumes nothing");
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 2 });
     assert_eq!(h.limiter.decide(&req).unwrap().overall_code, OVER);
 }
@@ -261,28 +177,12 @@ fn hits_addend_request_zero_means_one_descriptor_zero_checks_only() {
 fn overrides_bypass_the_tree_and_count_per_value() {
     let h = harness(ServiceOptions::default());
     let mut d = descriptor(&[("nothing", "matches")]);
-    d.limit = Some(RateLimitOverride {
-        requests_per_unit: 1,
-        unit: 3,
-    });
+    d.limit = Some(RateLimitOverride { requests_per_unit: 1, unit: 3 });
     let r = h.limiter.decide(&request(vec![d.clone()])).unwrap();
     let limit = r.statuses[0].current_limit.as_ref().unwrap();
-    assert_eq!(
-        (
-            limit.requests_per_unit,
-            limit.unit,
-            r.statuses[0].limit_remaining
-        ),
-        (1, 3, 0)
-    );
-    assert_eq!(
-        r.statuses[0].duration_until_reset.unwrap().seconds,
-        3600 - 2222
-    );
-    assert_eq!(
-        h.limiter.decide(&request(vec![d])).unwrap().overall_code,
-        OVER
-    );
+    assert_eq!((limit.requests_per_unit, limit.unit, r.statuses[0].limit_remaining), (1, 3, 0));
+    assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 3600 - 2222);
+    assert_eq!(h.limiter.decide(&request(vec![d])).unwrap().overall_code, OVER);
 }
 
 #[test]
@@ -292,13 +192,7 @@ fn replaces_drops_the_named_limit_for_this_request_only() {
     assert_eq!(r.overall_code, OVER, "banned alone rejects");
     let r = call(&h, &[&[("zero", "x")], &[("replacer", "y")]]);
     assert_eq!(codes(&r), (OK, vec![OK, OK]));
-    assert_eq!(
-        r.statuses[0],
-        DescriptorStatus {
-            code: OK,
-            ..Default::default()
-        }
-    );
+    assert_eq!(r.statuses[0], DescriptorStatus { code: OK, ..Default::default() });
     assert_eq!(r.statuses[1].limit_remaining, 1);
 }
 
@@ -316,10 +210,7 @@ fn per_rule_shadow_mode_counts_but_never_rejects() {
 
 #[test]
 fn global_shadow_mode_turns_the_overall_answer_but_not_statuses() {
-    let h = harness(ServiceOptions {
-        global_shadow_mode: true,
-        ..Default::default()
-    });
+    let h = harness(ServiceOptions { global_shadow_mode: true, ..Default::default() });
     let r = call(&h, &[&[("zero", "x")], &[("minute", "y")]]);
     assert_eq!(codes(&r), (OK, vec![OVER, OK]), "S4");
 }
@@ -328,56 +219,25 @@ fn global_shadow_mode_turns_the_overall_answer_but_not_statuses() {
 fn quota_mode_rejects_only_when_every_quota_descriptor_is_over() {
     let h = harness(ServiceOptions::default());
     // quota1 allows 1, quota2 allows 2 per minute.
-    assert_eq!(
-        codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])),
-        (OK, vec![OK, OK])
-    );
-    assert_eq!(
-        codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])),
-        (OK, vec![OVER, OK]),
-        "S17"
-    );
-    assert_eq!(
-        codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])),
-        (OVER, vec![OVER, OVER])
-    );
+    assert_eq!(codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])), (OK, vec![OK, OK]));
+    assert_eq!(codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])), (OK, vec![OVER, OK]), "S17");
+    assert_eq!(codes(&call(&h, &[&[("quota1", "a")], &[("quota2", "a")]])), (OVER, vec![OVER, OVER]));
     // A regular OVER_LIMIT still rejects next to a passing quota descriptor (S18).
-    assert_eq!(
-        call(&h, &[&[("zero", "x")], &[("quota2", "b")]]).overall_code,
-        OVER
-    );
+    assert_eq!(call(&h, &[&[("zero", "x")], &[("quota2", "b")]]).overall_code, OVER);
     // A quota descriptor alone and over rejects (S19).
-    assert_eq!(
-        call(&h, &[&[("minute", "q")], &[("quota1", "a")]]).overall_code,
-        OVER
-    );
+    assert_eq!(call(&h, &[&[("minute", "q")], &[("quota1", "a")]]).overall_code, OVER);
 }
 
 #[test]
 fn global_quota_mode_makes_unmatched_descriptors_passing_quota_ones() {
-    let h = harness(ServiceOptions {
-        global_quota_mode: true,
-        ..Default::default()
-    });
+    let h = harness(ServiceOptions { global_quota_mode: true, ..Default::default() });
     let r = call(&h, &[&[("zero", "x")], &[("nothing", "x")]]);
     assert_eq!(codes(&r), (OK, vec![OVER, OK]));
     let r = call(&h, &[&[("zero", "x")], &[("one", "x")], &[("one", "x")]]);
-    assert_eq!(
-        codes(&r),
-        (OK, vec![OVER, OK, OVER]),
-        "one quota descriptor passed"
-    );
+    assert_eq!(codes(&r), (OK, vec![OVER, OK, OVER]), "one quota descriptor passed");
     let r = call(&h, &[&[("zero", "x")], &[("one", "x")]]);
-    assert_eq!(
-        codes(&r),
-        (OVER, vec![OVER, OVER]),
-        "S16: every quota descriptor over"
-    );
-    let h = harness(ServiceOptions {
-        global_quota_mode: true,
-        global_shadow_mode: true,
-        ..Default::default()
-    });
+    assert_eq!(codes(&r), (OVER, vec![OVER, OVER]), "S16: every quota descriptor over");
+    let h = harness(ServiceOptions { global_quota_mode: true, global_shadow_mode: true, ..Default::default() });
     assert_eq!(call(&h, &[&[("zero", "x")]]).overall_code, OK, "S21");
 }
 
@@ -388,19 +248,10 @@ fn limit_headers_describe_the_chosen_descriptor() {
         remaining: "A-Ratelimit-Remaining".into(),
         reset: "A-Ratelimit-Reset".into(),
     };
-    let h = harness(ServiceOptions {
-        response_headers: Some(names),
-        ..Default::default()
-    });
-    let r = call(
-        &h,
-        &[&[("minute", "x")], &[("five", "y")], &[("hello", "z")]],
-    );
-    let headers: Vec<(String, String)> = r
-        .response_headers_to_add
-        .iter()
-        .map(|h| (h.key.clone(), h.value.clone()))
-        .collect();
+    let h = harness(ServiceOptions { response_headers: Some(names), ..Default::default() });
+    let r = call(&h, &[&[("minute", "x")], &[("five", "y")], &[("hello", "z")]]);
+    let headers: Vec<(String, String)> =
+        r.response_headers_to_add.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
     assert_eq!(
         headers,
         vec![
@@ -410,17 +261,11 @@ fn limit_headers_describe_the_chosen_descriptor() {
         ],
         "the smallest remaining wins"
     );
-    let h = harness(ServiceOptions {
-        response_headers: Some(HeaderNames::default()),
-        ..Default::default()
-    });
+    let h = harness(ServiceOptions { response_headers: Some(HeaderNames::default()), ..Default::default() });
     call(&h, &[&[("one", "x")]]);
     let r = call(&h, &[&[("one", "x")], &[("five", "y")]]);
     assert_eq!(r.response_headers_to_add[0].key, "RateLimit-Limit");
-    assert_eq!(
-        r.response_headers_to_add[0].value, "1",
-        "an OVER_LIMIT descriptor overrides the choice"
-    );
+    assert_eq!(r.response_headers_to_add[0].value, "1", "an OVER_LIMIT descriptor overrides the choice");
     assert_eq!(r.response_headers_to_add[1].value, "0");
     let r = call(&h, &[&[("hello", "x")]]);
     assert!(r.response_headers_to_add.is_empty(), "no limit, no headers");
@@ -428,30 +273,15 @@ fn limit_headers_describe_the_chosen_descriptor() {
 
 #[test]
 fn dynamic_metadata_echoes_the_request_and_merges_passing_rules_metadata() {
-    let h = harness(ServiceOptions {
-        dynamic_metadata: true,
-        global_quota_mode: true,
-        ..Default::default()
-    });
-    let mut req = request(vec![
-        descriptor(&[("meta", "a")]),
-        descriptor(&[("quota2", "b")]),
-        descriptor(&[("quota1", "c")]),
-    ]);
+    let h = harness(ServiceOptions { dynamic_metadata: true, global_quota_mode: true, ..Default::default() });
+    let mut req =
+        request(vec![descriptor(&[("meta", "a")]), descriptor(&[("quota2", "b")]), descriptor(&[("quota1", "c")])]);
     req.hits_addend = 1;
-    h.limiter
-        .decide(&RateLimitRequest {
-            descriptors: vec![descriptor(&[("quota1", "c")])],
-            ..req.clone()
-        })
-        .unwrap();
+    h.limiter.decide(&RateLimitRequest { descriptors: vec![descriptor(&[("quota1", "c")])], ..req.clone() }).unwrap();
     let r = h.limiter.decide(&req).unwrap();
     assert_eq!(r.overall_code, OK);
     let md = r.dynamic_metadata.unwrap();
-    let json = crate::json::response_json(&RateLimitResponse {
-        dynamic_metadata: Some(md),
-        ..Default::default()
-    });
+    let json = crate::json::response_json(&RateLimitResponse { dynamic_metadata: Some(md), ..Default::default() });
     assert_eq!(
         json["dynamicMetadata"],
         serde_json::json!({
@@ -469,10 +299,7 @@ fn bad_requests_get_invalid_argument_naming_the_problem() {
     let h = harness(ServiceOptions::default());
     let err = |req: RateLimitRequest| h.limiter.decide(&req).unwrap_err();
     assert_eq!(
-        err(RateLimitRequest {
-            domain: String::new(),
-            ..request(vec![descriptor(&[("a", "b")])])
-        }),
+        err(RateLimitRequest { domain: String::new(), ..request(vec![descriptor(&[("a", "b")])]) }),
         ServiceError::InvalidArgument("rate limit domain must not be empty".into())
     );
     assert_eq!(
@@ -487,16 +314,9 @@ fn bad_requests_get_invalid_argument_naming_the_problem() {
         err(request(vec![descriptor(&[("a", "b"), ("", "c")])])),
         ServiceError::InvalidArgument("descriptor 0 entry 1 has an empty key".into())
     );
-    for (unit, shown) in [
-        (0, "UNKNOWN (0)"),
-        (42, "42 (undefined)"),
-        (-3, "-3 (undefined)"),
-    ] {
+    for (unit, shown) in [(0, "UNKNOWN (0)"), (42, "42 (undefined)"), (-3, "-3 (undefined)")] {
         let mut d = descriptor(&[("a", "b")]);
-        d.limit = Some(RateLimitOverride {
-            requests_per_unit: 1,
-            unit,
-        });
+        d.limit = Some(RateLimitOverride { requests_per_unit: 1, unit });
         let e = err(request(vec![d]));
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains(shown), "{e}");
@@ -507,51 +327,16 @@ fn bad_requests_get_invalid_argument_naming_the_problem() {
 
 #[test]
 fn requests_over_the_caps_are_rejected_naming_the_cap() {
-    let caps = RequestCaps {
-        max_descriptors: 2,
-        max_entries: 2,
-        max_entry_bytes: 11,
-    };
-    let h = harness(ServiceOptions {
-        caps,
-        ..Default::default()
-    });
-    let e = h
-        .limiter
-        .decide(&request(vec![descriptor(&[("a", "b")]); 3]))
-        .unwrap_err();
-    assert_eq!(
-        e.message(),
-        "request has 3 descriptors, more than MAX_DESCRIPTORS (2)"
-    );
-    let e = h
-        .limiter
-        .decide(&request(vec![descriptor(&[
-            ("a", "b"),
-            ("c", "d"),
-            ("e", "f"),
-        ])]))
-        .unwrap_err();
-    assert_eq!(
-        e.message(),
-        "descriptor 0 has 3 entries, more than MAX_ENTRIES (2)"
-    );
-    let e = h
-        .limiter
-        .decide(&request(vec![descriptor(&[("a", "123456789012")])]))
-        .unwrap_err();
-    assert_eq!(
-        e.message(),
-        "descriptor 0 entry 0 value is 12 bytes, more than MAX_ENTRY_BYTES (11)"
-    );
-    let e = h.limiter.decide(&RateLimitRequest {
-        domain: "d".repeat(12),
-        ..request(vec![descriptor(&[("a", "b")])])
-    });
-    assert_eq!(
-        e.unwrap_err().message(),
-        "rate limit domain is 12 bytes, more than MAX_ENTRY_BYTES (11)"
-    );
+    let caps = RequestCaps { max_descriptors: 2, max_entries: 2, max_entry_bytes: 11 };
+    let h = harness(ServiceOptions { caps, ..Default::default() });
+    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "b")]); 3])).unwrap_err();
+    assert_eq!(e.message(), "request has 3 descriptors, more than MAX_DESCRIPTORS (2)");
+    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "b"), ("c", "d"), ("e", "f")])])).unwrap_err();
+    assert_eq!(e.message(), "descriptor 0 has 3 entries, more than MAX_ENTRIES (2)");
+    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "123456789012")])])).unwrap_err();
+    assert_eq!(e.message(), "descriptor 0 entry 0 value is 12 bytes, more than MAX_ENTRY_BYTES (11)");
+    let e = h.limiter.decide(&RateLimitRequest { domain: "d".repeat(12), ..request(vec![descriptor(&[("a", "b")])]) });
+    assert_eq!(e.unwrap_err().message(), "rate limit domain is 12 bytes, more than MAX_ENTRY_BYTES (11)");
 }
 
 #[test]
@@ -563,12 +348,7 @@ fn no_config_loaded_is_unavailable() {
         Clock::System,
         ServiceOptions::default(),
     );
-    let e = limiter
-        .decide(&request(vec![descriptor(&[("a", "b")])]))
-        .unwrap_err();
-    assert_eq!(
-        e,
-        ServiceError::Unavailable("no rate limit configuration loaded".into())
-    );
+    let e = limiter.decide(&request(vec![descriptor(&[("a", "b")])])).unwrap_err();
+    assert_eq!(e, ServiceError::Unavailable("no rate limit configuration loaded".into()));
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
 }

@@ -1,11 +1,12 @@
 //! Memory-store counter keys: a compact, collision-safe binary encoding.
 //!
-//! A key identifies one limit of one descriptor: the limit (a registry number that
-//! already stands for the domain, the rule's path and its parameters; or, for a request's
-//! override, the domain and the override's parameters) and the request's entries. Every
-//! field is length-prefixed, so no two different counters can encode alike, whatever
-//! bytes keys and values hold. Keys of up to [`INLINE`] bytes live inside the map entry;
-//! only longer ones take a heap allocation.
+//! A key identifies one limit of one descriptor. For a configured limit it is the
+//! limit's registry number (which already stands for the domain, the rule's path, and so
+//! the request's keys, and the limit's parameters) followed by the request's values; for
+//! a request's override, which has no rule, it is the domain, the override's parameters
+//! and the request's keys and values. Every field is length-prefixed, so no two different
+//! counters can encode alike, whatever bytes keys and values hold. Keys of up to
+//! [`INLINE`] bytes live inside the map entry; only longer ones take a heap allocation.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -13,9 +14,11 @@ use std::hash::{Hash, Hasher};
 use crate::limiter::Unit;
 use crate::rules::EntryView;
 
-/// Bytes a key can hold without a heap allocation: a typical descriptor (`remote_address`
-/// and an IPv4 address under one rule) fits, which keeps a live counter under 128 bytes.
-pub const INLINE: usize = 30;
+/// Bytes a key can hold without a heap allocation: one value of up to about 34 bytes (an
+/// IPv4 or short IPv6 address, a typical user id or API key) fits. 38 makes a map entry
+/// (key 40 bytes, counter 16) exactly one 64-byte malloc chunk, which keeps a live
+/// counter near 100 bytes; a longer key adds one heap allocation of its own.
+pub const INLINE: usize = 38;
 
 /// What a counter counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,11 +26,7 @@ pub enum LimitIdentity<'a> {
     /// A configured limit, by its registry number.
     Rule(u32),
     /// A request's `limit` override: the parameters come from the request.
-    Override {
-        domain: &'a str,
-        requests_per_unit: u32,
-        unit: Unit,
-    },
+    Override { domain: &'a str, requests_per_unit: u32, unit: Unit },
 }
 
 const TAG_RULE: u8 = 0;
@@ -62,38 +61,44 @@ pub fn encode<'e, E: EntryView + 'e>(
     match limit {
         LimitIdentity::Rule(id) => {
             buf.push(TAG_RULE);
-            buf.extend_from_slice(&id.to_le_bytes());
+            put_len(buf, id as usize);
+            // The rule fixes the keys at every depth, so only the values tell counters apart.
+            for (depth, entry) in entries.iter().enumerate() {
+                put_field(buf, value_at(depth, entry).as_bytes());
+            }
         }
-        LimitIdentity::Override {
-            domain,
-            requests_per_unit,
-            unit,
-        } => {
+        LimitIdentity::Override { domain, requests_per_unit, unit } => {
             buf.push(TAG_OVERRIDE);
             buf.extend_from_slice(&requests_per_unit.to_le_bytes());
             buf.push(unit.proto_number() as u8);
             put_field(buf, domain.as_bytes());
+            for (depth, entry) in entries.iter().enumerate() {
+                put_field(buf, entry.key().as_bytes());
+                put_field(buf, value_at(depth, entry).as_bytes());
+            }
         }
     }
-    for (depth, entry) in entries.iter().enumerate() {
-        put_field(buf, entry.key().as_bytes());
-        put_field(buf, value_at(depth, entry).as_bytes());
+}
+
+fn get_len(bytes: &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    for (i, &b) in bytes.iter().enumerate().take(5) {
+        n |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
     }
+    None
 }
 
 /// The limit a stored key counts against, read back by the sweeper.
 pub fn decode_limit(key: &[u8]) -> Option<DecodedLimit> {
     match *key.first()? {
-        TAG_RULE => Some(DecodedLimit::Rule(u32::from_le_bytes(
-            key.get(1..5)?.try_into().ok()?,
-        ))),
+        TAG_RULE => Some(DecodedLimit::Rule(u32::try_from(get_len(&key[1..])?).ok()?)),
         TAG_OVERRIDE => {
             let requests_per_unit = u32::from_le_bytes(key.get(1..5)?.try_into().ok()?);
             let unit = Unit::from_proto_number(i32::from(*key.get(5)?))?;
-            Some(DecodedLimit::Override {
-                requests_per_unit,
-                unit,
-            })
+            Some(DecodedLimit::Override { requests_per_unit, unit })
         }
         _ => None,
     }
@@ -117,10 +122,7 @@ impl CompactKey {
         if bytes.len() <= INLINE {
             let mut inline = [0; INLINE];
             inline[..bytes.len()].copy_from_slice(bytes);
-            CompactKey::Inline {
-                len: bytes.len() as u8,
-                bytes: inline,
-            }
+            CompactKey::Inline { len: bytes.len() as u8, bytes: inline }
         } else {
             CompactKey::Heap(bytes.into())
         }
@@ -173,60 +175,52 @@ mod tests {
 
     #[test]
     fn keys_do_not_collide_when_fields_shift_bytes() {
-        let a = key(LimitIdentity::Rule(1), &[("a_b", "c")]);
-        let b = key(LimitIdentity::Rule(1), &[("a", "b_c")]);
-        let c = key(LimitIdentity::Rule(1), &[("a", "b"), ("", "c")]);
+        let a = key(LimitIdentity::Rule(1), &[("a", "b_c"), ("d", "")]);
+        let b = key(LimitIdentity::Rule(1), &[("a", "b"), ("d", "_c")]);
+        let c = key(LimitIdentity::Rule(1), &[("a", "b_c")]);
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_ne!(b, c);
-        assert_ne!(
-            key(LimitIdentity::Rule(1), &[("k", "v")]),
-            key(LimitIdentity::Rule(2), &[("k", "v")])
-        );
+        assert_ne!(key(LimitIdentity::Rule(1), &[("k", "v")]), key(LimitIdentity::Rule(2), &[("k", "v")]));
+        assert_ne!(key(LimitIdentity::Rule(127), &[]), key(LimitIdentity::Rule(255), &[]));
+        let o = |entries: &[(&str, &str)]| {
+            key(LimitIdentity::Override { domain: "d", requests_per_unit: 1, unit: Unit::Second }, entries)
+        };
+        assert_ne!(o(&[("a_b", "c")]), o(&[("a", "b_c")]));
     }
 
     #[test]
     fn overrides_carry_their_domain_and_parameters() {
-        let o = |domain, rpu, unit| {
-            key(
-                LimitIdentity::Override {
-                    domain,
-                    requests_per_unit: rpu,
-                    unit,
-                },
-                &[("k", "v")],
-            )
-        };
+        let o =
+            |domain, rpu, unit| key(LimitIdentity::Override { domain, requests_per_unit: rpu, unit }, &[("k", "v")]);
         assert_ne!(o("a", 1, Unit::Second), o("b", 1, Unit::Second));
         assert_ne!(o("a", 1, Unit::Second), o("a", 2, Unit::Second));
         assert_ne!(o("a", 1, Unit::Second), o("a", 1, Unit::Minute));
         assert_eq!(
             decode_limit(&o("a", 7, Unit::Hour)),
-            Some(DecodedLimit::Override {
-                requests_per_unit: 7,
-                unit: Unit::Hour
-            })
+            Some(DecodedLimit::Override { requests_per_unit: 7, unit: Unit::Hour })
         );
-        assert_eq!(
-            decode_limit(&key(LimitIdentity::Rule(9), &[])),
-            Some(DecodedLimit::Rule(9))
-        );
+        for id in [0, 9, 127, 128, 300_000, u32::MAX] {
+            assert_eq!(decode_limit(&key(LimitIdentity::Rule(id), &[("k", "v")])), Some(DecodedLimit::Rule(id)));
+        }
     }
 
     #[test]
-    fn a_typical_descriptor_fits_inline_and_the_key_is_32_bytes() {
-        let k = key(LimitIdentity::Rule(3), &[("remote_address", "10.0.0.1")]);
-        assert!(k.len() <= INLINE, "{}", k.len());
+    fn typical_descriptors_fit_inline() {
+        let k = key(LimitIdentity::Rule(3), &[("remote_address", "192.168.100.200")]);
+        assert_eq!(k.len(), 1 + 1 + 1 + 15);
         assert!(matches!(CompactKey::new(&k), CompactKey::Inline { .. }));
-        assert_eq!(std::mem::size_of::<CompactKey>(), 32);
+        let api_key = key(LimitIdentity::Rule(300), &[("api_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc")]);
+        assert!(matches!(CompactKey::new(&api_key), CompactKey::Inline { .. }), "{}", api_key.len());
+        assert_eq!(std::mem::size_of::<CompactKey>(), 40);
         let long = vec![7u8; 100];
         assert_eq!(CompactKey::new(&long).as_bytes(), &long[..]);
     }
 
     #[test]
-    fn long_lengths_use_several_bytes() {
+    fn long_values_use_several_length_bytes() {
         let long = "x".repeat(300);
-        let k = key(LimitIdentity::Rule(0), &[(long.as_str(), "")]);
-        assert_eq!(k.len(), 5 + 2 + 300 + 1);
+        let k = key(LimitIdentity::Rule(0), &[("k", long.as_str())]);
+        assert_eq!(k.len(), 2 + 2 + 300);
     }
 }

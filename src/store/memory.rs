@@ -74,6 +74,7 @@ impl MemoryStore {
         MemoryStore {
             counters: papaya::HashMap::builder()
                 .hasher(foldhash::fast::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             registry,
             max_counters: max_counters.max(1),
@@ -137,9 +138,7 @@ impl MemoryStore {
                 Some(slot) => slot,
                 None if hits == 0 => return limiter::decide(0, now, 0, params).0,
                 None => {
-                    let slot =
-                        self.counters
-                            .get_or_insert_with(CompactKey::new(key), Slot::fresh, &guard);
+                    let slot = self.counters.get_or_insert_with(CompactKey::new(key), Slot::fresh, &guard);
                     self.after_insert(now);
                     slot
                 }
@@ -151,20 +150,14 @@ impl MemoryStore {
                 return outcome;
             }
             // The counter was being removed: finish removing it, then use a fresh one.
-            let _ = self
-                .counters
-                .remove_if(key, |_, v| ptr::eq(v, slot), &guard);
+            let _ = self.counters.remove_if(key, |_, v| ptr::eq(v, slot), &guard);
         }
     }
 
     /// The current decision for `key` without changing it (for `explain` and tests).
     pub fn peek(&self, key: &[u8], params: &LimitParams, now: Nanos) -> Outcome {
         let guard = self.counters.guard();
-        let state = match self
-            .counters
-            .get(key, &guard)
-            .map(|s| s.state.load(Ordering::Acquire))
-        {
+        let state = match self.counters.get(key, &guard).map(|s| s.state.load(Ordering::Acquire)) {
             Some(TOMBSTONE) | None => 0,
             Some(state) => state,
         };
@@ -199,10 +192,9 @@ impl MemoryStore {
             }
             let limit = match key::decode_limit(key.as_bytes()) {
                 Some(DecodedLimit::Rule(id)) => params.get(id as usize).copied(),
-                Some(DecodedLimit::Override {
-                    requests_per_unit,
-                    unit,
-                }) => Some(LimitParams::fixed_window(requests_per_unit, unit)),
+                Some(DecodedLimit::Override { requests_per_unit, unit }) => {
+                    Some(LimitParams::fixed_window(requests_per_unit, unit))
+                }
                 None => None,
             };
             let Some(limit) = limit else { continue };
@@ -211,18 +203,9 @@ impl MemoryStore {
             }
         }
         drop(guard);
-        self.reclaimed
-            .fetch_add(reclaimed as u64, Ordering::Relaxed);
-        let evicted = if self.counters.len() > self.max_counters {
-            self.evict_idle(now)
-        } else {
-            0
-        };
-        SweepReport {
-            reclaimed,
-            evicted,
-            live: self.counters.len(),
-        }
+        self.reclaimed.fetch_add(reclaimed as u64, Ordering::Relaxed);
+        let evicted = if self.counters.len() > self.max_counters { self.evict_idle(now) } else { 0 };
+        SweepReport { reclaimed, evicted, live: self.counters.len() }
     }
 
     /// Evicts the longest-idle counters until the store is a sixteenth under its cap, so
@@ -233,11 +216,8 @@ impl MemoryStore {
         }
         let target = self.max_counters - self.max_counters / 16;
         let guard = self.counters.guard();
-        let mut touched: Vec<u32> = self
-            .counters
-            .iter(&guard)
-            .map(|(_, s)| s.touched.load(Ordering::Relaxed))
-            .collect();
+        let mut touched: Vec<u32> =
+            self.counters.iter(&guard).map(|(_, s)| s.touched.load(Ordering::Relaxed)).collect();
         let mut evicted = 0;
         if touched.len() > target {
             let excess = touched.len() - target;
@@ -267,33 +247,18 @@ impl MemoryStore {
     }
 
     /// Marks a counter dead if it still holds `expected`, then removes it.
-    fn retire(
-        &self,
-        key: &CompactKey,
-        slot: &Slot,
-        expected: u64,
-        guard: &impl papaya::Guard,
-    ) -> bool {
-        if slot
-            .state
-            .compare_exchange(expected, TOMBSTONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+    fn retire(&self, key: &CompactKey, slot: &Slot, expected: u64, guard: &impl papaya::Guard) -> bool {
+        if slot.state.compare_exchange(expected, TOMBSTONE, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
-        let _ = self
-            .counters
-            .remove_if(key.as_bytes(), |_, v| ptr::eq(v, slot), guard);
+        let _ = self.counters.remove_if(key.as_bytes(), |_, v| ptr::eq(v, slot), guard);
         true
     }
 }
 
 impl Slot {
     fn fresh() -> Slot {
-        Slot {
-            state: AtomicU64::new(0),
-            touched: AtomicU32::new(0),
-        }
+        Slot { state: AtomicU64::new(0), touched: AtomicU32::new(0) }
     }
 }
 
@@ -310,10 +275,7 @@ fn commit(slot: &Slot, now: Nanos, hits: u64, params: &LimitParams) -> Option<Ou
         if next == current {
             return Some(outcome);
         }
-        match slot
-            .state
-            .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match slot.state.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return Some(outcome),
             Err(actual) => current = actual,
         }
@@ -330,9 +292,7 @@ mod tests {
     fn key_for(id: u32, value: &str) -> Vec<u8> {
         let mut buf = Vec::new();
         let entries = [("k", value)];
-        encode(&mut buf, LimitIdentity::Rule(id), &entries, |_, e| {
-            e.value()
-        });
+        encode(&mut buf, LimitIdentity::Rule(id), &entries, |_, e| e.value());
         buf
     }
 
@@ -352,11 +312,7 @@ mod tests {
         assert!(!store.apply(&a, &params, 1, t).over_limit);
         assert!(store.apply(&a, &params, 1, t).over_limit);
         assert!(!store.apply(&b, &params, 1, t).over_limit);
-        assert!(
-            !store
-                .apply(&a, &params, 1, Nanos::from_secs(1001))
-                .over_limit
-        );
+        assert!(!store.apply(&a, &params, 1, Nanos::from_secs(1001)).over_limit);
     }
 
     #[test]
@@ -376,12 +332,7 @@ mod tests {
         store.apply(&key_for(id, "new"), &params, 1, Nanos::from_secs(125));
         let report = store.sweep(Nanos::from_secs(130));
         assert_eq!((report.reclaimed, report.live), (1, 1));
-        assert_eq!(
-            store
-                .peek(&key_for(id, "new"), &params, Nanos::from_secs(130))
-                .remaining,
-            4
-        );
+        assert_eq!(store.peek(&key_for(id, "new"), &params, Nanos::from_secs(130)).remaining, 4);
         assert_eq!(store.reclaimed(), 1);
     }
 
@@ -390,38 +341,20 @@ mod tests {
         let params = LimitParams::fixed_window(100, Unit::Day);
         let (store, id) = store_with(params, 32);
         for i in 0..32u64 {
-            store.apply(
-                &key_for(id, &i.to_string()),
-                &params,
-                1,
-                Nanos::from_secs(1000 + i),
-            );
+            store.apply(&key_for(id, &i.to_string()), &params, 1, Nanos::from_secs(1000 + i));
         }
         assert_eq!(store.sweep(Nanos::from_secs(2000)).evicted, 0);
         // Touch the oldest one again, then go over the cap.
         store.apply(&key_for(id, "0"), &params, 1, Nanos::from_secs(1100));
         for i in 32..40u64 {
-            store.apply(
-                &key_for(id, &i.to_string()),
-                &params,
-                1,
-                Nanos::from_secs(1200 + i),
-            );
+            store.apply(&key_for(id, &i.to_string()), &params, 1, Nanos::from_secs(1200 + i));
         }
         let report = store.sweep(Nanos::from_secs(2000));
         assert_eq!(report.live, 30, "{report:?}");
         assert_eq!(report.evicted, 10);
         let t = Nanos::from_secs(2000);
-        assert_eq!(
-            store.peek(&key_for(id, "0"), &params, t).remaining,
-            98,
-            "recently used survives"
-        );
-        assert_eq!(
-            store.peek(&key_for(id, "1"), &params, t).remaining,
-            100,
-            "idlest was evicted"
-        );
+        assert_eq!(store.peek(&key_for(id, "0"), &params, t).remaining, 98, "recently used survives");
+        assert_eq!(store.peek(&key_for(id, "1"), &params, t).remaining, 100, "idlest was evicted");
         assert_eq!(store.peek(&key_for(id, "39"), &params, t).remaining, 99);
         assert_eq!(store.evictions(), 10);
     }
@@ -431,12 +364,7 @@ mod tests {
         let params = LimitParams::fixed_window(100, Unit::Day);
         let (store, id) = store_with(params, 64);
         for i in 0..10_000u64 {
-            store.apply(
-                &key_for(id, &i.to_string()),
-                &params,
-                1,
-                Nanos::from_secs(1000 + i),
-            );
+            store.apply(&key_for(id, &i.to_string()), &params, 1, Nanos::from_secs(1000 + i));
             assert!(store.len() <= 64 + 32 + 1, "{} live at {i}", store.len());
         }
     }
@@ -449,12 +377,7 @@ mod tests {
         store.apply(&key, &params, 1, Nanos::from_secs(10));
         // Simulate the sweeper having marked it dead but not removed it yet.
         let guard = store.counters.guard();
-        store
-            .counters
-            .get(&key[..], &guard)
-            .unwrap()
-            .state
-            .store(TOMBSTONE, Ordering::Release);
+        store.counters.get(&key[..], &guard).unwrap().state.store(TOMBSTONE, Ordering::Release);
         drop(guard);
         let o = store.apply(&key, &params, 1, Nanos::from_secs(10));
         assert_eq!(o.before, 0);

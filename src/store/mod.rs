@@ -52,11 +52,7 @@ impl Store {
     pub fn apply<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Outcome {
         match self {
             Store::Memory(memory) => memory.apply_with_key(
-                |buf| {
-                    key::encode(buf, counter.identity, counter.entries, |depth, e| {
-                        counter.value_at(depth, e)
-                    })
-                },
+                |buf| key::encode(buf, counter.identity, counter.entries, |depth, e| counter.value_at(depth, e)),
                 counter.params,
                 counter.hits,
                 now,

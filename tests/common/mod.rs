@@ -66,11 +66,7 @@ pub struct TestServer {
 
 /// Starts a server serving `rules` (file name, YAML) with extra settings, the clock at
 /// `clock_secs`.
-pub async fn start(
-    rules: &[(&str, &str)],
-    settings: &[(&str, &str)],
-    clock_secs: u64,
-) -> TestServer {
+pub async fn start(rules: &[(&str, &str)], settings: &[(&str, &str)], clock_secs: u64) -> TestServer {
     let dir = TempDir::new("rules");
     for (name, text) in rules {
         dir.write(name, text);
@@ -91,11 +87,7 @@ pub async fn start(
     let settings = Settings::parse(&source, vec![dir.path().to_path_buf()]).unwrap();
     let clock = FakeClock::at_secs(clock_secs);
     let started = Server::start_with_clock(settings, clock.clone().into()).unwrap();
-    let (grpc, http, debug) = (
-        started.grpc_addr.unwrap(),
-        started.http_addr,
-        started.debug_addr,
-    );
+    let (grpc, http, debug) = (started.grpc_addr.unwrap(), started.http_addr, started.debug_addr);
     let shared = started.shared.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -106,16 +98,7 @@ pub async fn start(
             .await
             .unwrap();
     });
-    TestServer {
-        grpc,
-        http,
-        debug,
-        clock,
-        shared,
-        stop: Some(stop),
-        task: Some(task),
-        _rules: dir,
-    }
+    TestServer { grpc, http, debug, clock, shared, stop: Some(stop), task: Some(task), _rules: dir }
 }
 
 impl TestServer {
@@ -135,23 +118,13 @@ impl TestServer {
 }
 
 pub async fn connect(addr: SocketAddr) -> RateLimitServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     RateLimitServiceClient::new(channel)
 }
 
 pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
         ..Default::default()
     }
 }
@@ -175,14 +148,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

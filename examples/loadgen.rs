@@ -1,0 +1,197 @@
+//! A load generator for any Envoy rate limit service (RLS v3 over gRPC).
+//!
+//! Keeps C calls in flight over K HTTP/2 connections, cycling through N distinct
+//! descriptor values, and prints requests per second, latency percentiles and, given the
+//! server's pid, the server's own CPU time per call (summed over its threads from
+//! `/proc/<pid>/task/*/schedstat`, in nanoseconds).
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --target 127.0.0.1:8081 \
+//!     --concurrency 64 --connections 4 --keys 100000 --duration 10 --server-pid 1234
+//! ```
+//!
+//! It runs on one current-thread runtime, so pin it to a core of its own
+//! (`taskset -c 1 ...`) and the server to another.
+
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+
+struct Options {
+    target: String,
+    concurrency: usize,
+    connections: usize,
+    keys: u64,
+    duration: Duration,
+    warmup: Duration,
+    domain: String,
+    key: String,
+    server_pid: Option<u32>,
+    label: String,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loadgen --target HOST:PORT [--concurrency 64] [--connections 4] [--keys 100000] \
+         [--duration 10] [--warmup 2] [--domain bench] [--key user] [--server-pid PID] [--label NAME]"
+    );
+    std::process::exit(64)
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        target: String::new(),
+        concurrency: 64,
+        connections: 4,
+        keys: 100_000,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        domain: "bench".into(),
+        key: "user".into(),
+        server_pid: None,
+        label: "run".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        let number = || value.parse::<u64>().unwrap_or_else(|_| usage());
+        match flag.as_str() {
+            "--target" => o.target = value.clone(),
+            "--concurrency" => o.concurrency = number() as usize,
+            "--connections" => o.connections = number() as usize,
+            "--keys" => o.keys = number().max(1),
+            "--duration" => o.duration = Duration::from_secs_f64(value.parse().unwrap_or_else(|_| usage())),
+            "--warmup" => o.warmup = Duration::from_secs_f64(value.parse().unwrap_or_else(|_| usage())),
+            "--domain" => o.domain = value.clone(),
+            "--key" => o.key = value.clone(),
+            "--server-pid" => o.server_pid = Some(number() as u32),
+            "--label" => o.label = value.clone(),
+            _ => usage(),
+        }
+    }
+    if o.target.is_empty() || o.concurrency == 0 || o.connections == 0 {
+        usage();
+    }
+    o
+}
+
+/// CPU time of every thread of `pid`, in nanoseconds.
+fn cpu_nanos(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    over: u64,
+    errors: u64,
+}
+
+async fn worker(
+    mut client: RateLimitServiceClient<Channel>,
+    worker: u64,
+    stride: u64,
+    o: std::sync::Arc<Options>,
+    measure_from: Instant,
+    until: Instant,
+) -> (Histogram<u64>, Tally) {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut tally = Tally::default();
+    let mut n = worker;
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            break;
+        }
+        let request = RateLimitRequest {
+            domain: o.domain.clone(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry { key: o.key.clone(), value: format!("u-{}", n % o.keys) }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        };
+        n += stride;
+        let result = client.should_rate_limit(request).await;
+        if started < measure_from {
+            continue;
+        }
+        let _ = histogram.record(started.elapsed().as_micros() as u64);
+        match result {
+            Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => tally.ok += 1,
+            Ok(_) => tally.over += 1,
+            Err(_) => tally.errors += 1,
+        }
+    }
+    (histogram, tally)
+}
+
+fn main() {
+    let o = std::sync::Arc::new(parse_options());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let mut channels = Vec::new();
+        for _ in 0..o.connections {
+            let endpoint = Endpoint::from_shared(format!("http://{}", o.target)).expect("target").tcp_nodelay(true);
+            channels.push(endpoint.connect().await.expect("connect to the target"));
+        }
+        let start = Instant::now();
+        let measure_from = start + o.warmup;
+        let until = measure_from + o.duration;
+        let tasks: Vec<_> = (0..o.concurrency)
+            .map(|i| {
+                let client = RateLimitServiceClient::new(channels[i % channels.len()].clone());
+                tokio::spawn(worker(client, i as u64, o.concurrency as u64, o.clone(), measure_from, until))
+            })
+            .collect();
+        tokio::time::sleep_until(measure_from.into()).await;
+        let cpu_before = o.server_pid.map(cpu_nanos);
+        let wall_before = Instant::now();
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        let mut total = Tally::default();
+        for t in tasks {
+            let (h, tally) = t.await.expect("worker");
+            histogram.add(h).expect("same bounds");
+            total.ok += tally.ok;
+            total.over += tally.over;
+            total.errors += tally.errors;
+        }
+        let wall = wall_before.elapsed().as_secs_f64();
+        let cpu_after = o.server_pid.map(cpu_nanos);
+        let calls = total.ok + total.over + total.errors;
+        let rps = calls as f64 / wall;
+        print!(
+            "{label}: calls={calls} ok={} over={} errors={} rps={rps:.0} p50={}us p90={}us p99={}us p999={}us max={}us",
+            total.ok,
+            total.over,
+            total.errors,
+            histogram.value_at_quantile(0.50),
+            histogram.value_at_quantile(0.90),
+            histogram.value_at_quantile(0.99),
+            histogram.value_at_quantile(0.999),
+            histogram.max(),
+            label = o.label,
+        );
+        if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+            let cpu = after.saturating_sub(before) as f64;
+            print!(
+                " server_cpu={:.3}s server_cpu_per_call={:.2}us server_cpu_util={:.0}%",
+                cpu / 1e9,
+                cpu / 1e3 / calls.max(1) as f64,
+                cpu / 1e9 / wall * 100.0
+            );
+        }
+        println!();
+    });
+}
