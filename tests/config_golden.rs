@@ -113,3 +113,11 @@ fn descriptors_nested_a_thousand_levels_deep_are_an_error() {
     assert!(err.starts_with(&format!("{}:", path.display())), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_readme_documents_every_setting() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let missing: Vec<&str> =
+        sluicegate::settings::SPECS.iter().map(|s| s.env).filter(|env| !readme.contains(&format!("`{env}`"))).collect();
+    assert!(missing.is_empty(), "README.md does not document {missing:?}");
+}
