@@ -22,6 +22,10 @@ use sluicegate::service::{RateLimiter, ServiceOptions};
 use sluicegate::store::key::{LimitIdentity, encode};
 use sluicegate::store::{MemoryStore, Store};
 
+/// The binary's allocator, so the numbers match what the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RULES: &str = r#"
 domain: bench
 descriptors:

@@ -13,6 +13,10 @@
 //! It runs on one current-thread runtime, so pin it to a core of its own
 //! (`taskset -c 1 ...`) and the server to another.
 
+/// The same allocator as the `sluicegate` binary, so the comparison is like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;

@@ -2,7 +2,8 @@
 //! with keys of about 20 bytes (a key name and a value like `user-000123456`).
 //!
 //! Resident memory is read from `/proc/self/statm` around the inserts; this test file
-//! holds a single test so nothing else allocates in the process meanwhile.
+//! holds a single test so nothing else allocates in the process meanwhile. It uses the
+//! binary's allocator (mimalloc), whose 64-byte size class the map entries are sized for.
 
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ use sluicegate::limiter::{LimitParams, Unit};
 use sluicegate::rules::LimitRegistry;
 use sluicegate::store::MemoryStore;
 use sluicegate::store::key::{LimitIdentity, encode};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
