@@ -5,8 +5,11 @@
 //! sluicegate in the same session and report sluicegate's cost as a ratio to this one.
 //!
 //! ```text
-//! cargo run --release --example noop_rls -- 127.0.0.1:18081
+//! cargo run --release --example noop_rls -- 127.0.0.1:18081 [multi-thread]
 //! ```
+//!
+//! With `multi-thread` it runs on a one-worker multi-thread runtime instead, to show what
+//! the per-core current-thread design saves.
 
 /// The same allocator as the `sluicegate` binary, so the comparison is like for like.
 #[global_allocator]
@@ -42,7 +45,11 @@ impl RateLimitService for Noop {
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18081".into());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = match std::env::args().nth(2).as_deref() {
+        Some("multi-thread") => tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .expect("runtime");
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         eprintln!("noop RLS listening on {}", listener.local_addr().expect("address"));
