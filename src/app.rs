@@ -30,6 +30,8 @@ use crate::store::{MemoryStore, Store};
 
 /// How long in-flight calls get to finish once the grace period is over.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often shutdown checks whether calls are still in flight.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
 /// The shortest pause between sweeps of expired counters.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -264,11 +266,14 @@ impl Started {
 
         let (reporter, health_server) = tonic_health::server::health_reporter();
         let health_task = tokio::spawn(grpc::follow_health(shared.health.clone(), reporter));
-        let rls = RateLimitServiceServer::new(RlsService(shared.limiter.clone()));
         let mut workers = Vec::new();
+        let mut in_flight = Vec::new();
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
+            let rls = RlsService::new(shared.limiter.clone());
+            in_flight.push(rls.in_flight());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            grpc::spawn_worker(index, listener, rls.clone(), health_server.clone(), stop_rx.clone(), done_tx)
+            let server = RateLimitServiceServer::new(rls);
+            grpc::spawn_worker(index, listener, server, health_server.clone(), stop_rx.clone(), done_tx)
                 .map_err(StartError::Io)?;
             workers.push(done_rx);
         }
@@ -287,16 +292,39 @@ impl Started {
         );
         tokio::time::sleep(settings.shutdown_grace_period).await;
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        // Stop once every worker has closed its connections, or once no call is in flight
+        // (idle connections of clients that ignore GOAWAY must not hold the process).
+        let calls_in_flight = || in_flight.iter().map(|n| n.load(Ordering::Acquire)).sum::<usize>();
+        let workers_done = async {
             for worker in workers {
                 let _ = worker.await;
+            }
+        };
+        let no_calls_in_flight = async {
+            // Two quiet polls in a row: a call whose bytes were still being read at the
+            // first one has reached the handler by the second, and the last responses
+            // have left the socket buffers.
+            let mut quiet = 0;
+            while quiet < 2 {
+                tokio::time::sleep(IN_FLIGHT_POLL).await;
+                quiet = if calls_in_flight() == 0 { quiet + 1 } else { 0 };
+            }
+        };
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            tokio::select! {
+                _ = workers_done => {}
+                _ = no_calls_in_flight => {}
             }
             let _ = http.await;
             let _ = debug.await;
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; stopping anyway");
+            tracing::warn!(
+                timeout = ?DRAIN_TIMEOUT,
+                in_flight = calls_in_flight(),
+                "calls still in flight after the drain timeout; stopping anyway"
+            );
         }
         if let Some(sweeper) = sweeper {
             sweeper.abort();

@@ -10,6 +10,7 @@
 //! The conversion to and from protos is the only logic here; decisions are `service`'s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
@@ -28,8 +29,35 @@ use crate::health::Health;
 use crate::service::RateLimiter;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`].
+///
+/// Each worker has its own, with its own count of calls in flight (so counting them
+/// costs no cross-core traffic); shutdown waits for those counts, not for clients to hang
+/// up their idle connections.
 #[derive(Clone, Debug)]
-pub struct RlsService(pub Arc<RateLimiter>);
+pub struct RlsService {
+    limiter: Arc<RateLimiter>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl RlsService {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        RlsService { limiter, in_flight: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Calls being answered right now by this worker.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
+    }
+}
+
+/// Decrements a worker's in-flight count when a call ends, however it ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
 
 #[tonic::async_trait]
 impl RateLimitService for RlsService {
@@ -37,7 +65,9 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        match self.0.should_rate_limit(request.get_ref()).await {
+        self.in_flight.fetch_add(1, Ordering::Acquire);
+        let _in_flight = InFlight(&self.in_flight);
+        match self.limiter.should_rate_limit(request.get_ref()).await {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => Err(e.into()),
         }

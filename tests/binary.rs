@@ -237,3 +237,20 @@ fn help_and_version_exit_zero() {
     assert_eq!(version.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("sluicegate "));
 }
+
+#[tokio::test]
+async fn sigint_stops_the_service_cleanly_too() {
+    let root = TempDir::new("binary-sigint");
+    root.write("ratelimit/config/basic.yaml", RULES);
+    let mut command = sluicegate();
+    reference_env(&mut command, root.path());
+    let mut running = spawn(command);
+    let mut client = connect(running.grpc).await;
+    let r = client.should_rate_limit(request("basic", &[&[("key1", "x")]])).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let status = Command::new("kill").arg("-INT").arg(running.child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
+    let rest: Vec<String> = running.lines.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("received SIGINT")), "{rest:?}");
+}
