@@ -23,7 +23,7 @@ use crate::config::{self, ConfigSnapshot, ConfigSource};
 use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
-use crate::rules::LimitRegistry;
+use crate::rules::{BuildOptions, LimitRegistry};
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
 use crate::store::{MemoryStore, Store};
@@ -71,20 +71,20 @@ impl std::error::Error for StartError {}
 #[derive(Debug)]
 pub struct ConfigLoader {
     pub source: ConfigSource,
-    pub merge_domains: bool,
+    pub options: BuildOptions,
     pub registry: Arc<LimitRegistry>,
     versions: AtomicU64,
 }
 
 impl ConfigLoader {
-    pub fn new(source: ConfigSource, merge_domains: bool, registry: Arc<LimitRegistry>) -> Self {
-        ConfigLoader { source, merge_domains, registry, versions: AtomicU64::new(0) }
+    pub fn new(source: ConfigSource, options: BuildOptions, registry: Arc<LimitRegistry>) -> Self {
+        ConfigLoader { source, options, registry, versions: AtomicU64::new(0) }
     }
 
     /// Loads every file afresh; the version counts successful loads.
     pub fn load(&self) -> Result<ConfigSnapshot, Diagnostics> {
         let next = self.versions.load(Ordering::Acquire) + 1;
-        let snapshot = config::load(&self.source, self.merge_domains, &self.registry, next)?;
+        let snapshot = config::load(&self.source, &self.options, &self.registry, next)?;
         self.versions.store(next, Ordering::Release);
         Ok(snapshot)
     }
@@ -136,8 +136,9 @@ impl Server {
             tracing::warn!("{warning}");
         }
         let registry = Arc::new(LimitRegistry::new());
-        let loader =
-            Arc::new(ConfigLoader::new(settings.config_source.clone(), settings.merge_domains, registry.clone()));
+        let options =
+            BuildOptions { merge_domains: settings.merge_domains, default_algorithm: settings.default_algorithm };
+        let loader = Arc::new(ConfigLoader::new(settings.config_source.clone(), options, registry.clone()));
         let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
         let config = Arc::new(ArcSwapOption::empty());
         match loader.load() {

@@ -210,6 +210,8 @@ fn struct_json(s: &Struct) -> Json {
 fn value_json(v: &Value) -> Json {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Json::Null,
+        // protojson writes integral numbers without a fraction (2, not 2.0).
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 => json!(*n as i64),
         Some(Kind::NumberValue(n)) => json!(n),
         Some(Kind::StringValue(s)) => json!(s),
         Some(Kind::BoolValue(b)) => json!(b),

@@ -109,6 +109,16 @@ impl Default for HeaderNames {
     }
 }
 
+/// `CONSUME`: whether a rejected request still counts on the limits that admitted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consume {
+    /// Every matched limit counts the hit (the reference's behaviour).
+    #[default]
+    Always,
+    /// A request answered OVER_LIMIT counts on none of its limits.
+    AllOrNothing,
+}
+
 /// Process-wide behaviour switches (from settings; fixed for the process's life).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceOptions {
@@ -120,6 +130,7 @@ pub struct ServiceOptions {
     pub response_headers: Option<HeaderNames>,
     /// `RESPONSE_DYNAMIC_METADATA`.
     pub dynamic_metadata: bool,
+    pub consume: Consume,
     pub caps: RequestCaps,
 }
 
@@ -139,22 +150,34 @@ enum Matched<'a> {
     NoLimit,
     Unlimited(&'a Rule),
     Limited(&'a Rule),
+    /// No rule, in a domain with a `default_limit`.
+    Default(&'a Domain),
     Override(LimitParams),
     /// Limited, but another matched rule `replaces` it in this request.
     Replaced,
+}
+
+/// One limit a descriptor is counted against.
+#[derive(Clone, Copy, Debug)]
+struct Planned<'a> {
+    identity: LimitIdentity<'a>,
+    params: &'a LimitParams,
+    /// The rule whose path shapes the counter key (`share_threshold`); `None` for
+    /// defaults and overrides, keyed by the request's own entries.
+    rule: Option<&'a Rule>,
 }
 
 /// One descriptor's answer, before it becomes a proto status.
 #[derive(Clone, Copy, Debug)]
 struct Verdict<'a> {
     over_limit: bool,
-    /// The limit reported in `current_limit`, with the rule it came from.
-    reported: Option<(LimitParams, Option<&'a Rule>)>,
+    /// The limit reported in `current_limit`.
+    reported: Option<Planned<'a>>,
     remaining: u32,
     reset_after: Nanos,
     unlimited: bool,
     quota: bool,
-    /// The matched rule when the descriptor passed, for dynamic metadata.
+    /// The matched rule, for its name, metadata and custom response.
     rule: Option<&'a Rule>,
 }
 
@@ -170,6 +193,15 @@ impl<'a> Verdict<'a> {
             rule: None,
         }
     }
+}
+
+/// A counter this request added hits to, remembered so `CONSUME=all_or_nothing` can
+/// take them back if the request is rejected.
+#[derive(Clone, Copy, Debug)]
+struct Consumed<'a> {
+    descriptor: usize,
+    limit: Planned<'a>,
+    hits: u64,
 }
 
 impl RateLimiter {
@@ -211,96 +243,123 @@ impl RateLimiter {
         apply_replaces(&mut matched);
 
         let request_hits = u64::from(request.hits_addend.max(1));
+        let all_or_nothing = self.options.consume == Consume::AllOrNothing;
+        let mut consumed: SmallVec<[Consumed<'_>; 8]> = SmallVec::new();
         let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(matched.len());
-        for (descriptor, m) in request.descriptors.iter().zip(&matched) {
+        for (index, (descriptor, m)) in request.descriptors.iter().zip(&matched).enumerate() {
             let hits = descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-            verdicts.push(self.count(&request.domain, descriptor, *m, hits, now));
+            let track = all_or_nothing.then_some((&mut consumed, index));
+            verdicts.push(self.count(&request.domain, domain, descriptor, m, hits, now, track));
         }
-        Ok(self.respond(request, &verdicts))
+        let over = is_over_limit(&verdicts);
+        if over && !self.options.global_shadow_mode && !consumed.is_empty() {
+            self.roll_back(request, &consumed, &mut verdicts, now);
+        }
+        Ok(self.respond(request, &verdicts, over))
     }
 
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     fn count<'a>(
         &self,
-        domain: &str,
-        descriptor: &RateLimitDescriptor,
-        matched: Matched<'a>,
+        domain_name: &'a str,
+        domain: Option<&'a Domain>,
+        descriptor: &'a RateLimitDescriptor,
+        matched: &'a Matched<'a>,
         hits: u64,
         now: Nanos,
+        mut track: Option<(&mut SmallVec<[Consumed<'a>; 8]>, usize)>,
     ) -> Verdict<'a> {
         let quota_by_setting = self.options.global_quota_mode;
-        match matched {
-            Matched::NoLimit | Matched::Replaced => Verdict { quota: quota_by_setting, ..Verdict::ok() },
+        let (rule, planned): (Option<&'a Rule>, SmallVec<[Planned<'a>; 4]>) = match matched {
+            Matched::NoLimit | Matched::Replaced => return Verdict { quota: quota_by_setting, ..Verdict::ok() },
             Matched::Unlimited(rule) => {
-                Verdict { remaining: u32::MAX, unlimited: true, rule: Some(rule), ..Verdict::ok() }
+                return Verdict { remaining: u32::MAX, unlimited: true, rule: Some(rule), ..Verdict::ok() };
             }
             Matched::Override(params) => {
-                let counter = Counter {
-                    domain,
-                    entries: &descriptor.entries,
-                    rule: None,
-                    identity: LimitIdentity::Override {
-                        domain,
-                        requests_per_unit: params.requests_per_unit,
-                        unit: params.unit,
-                    },
-                    params: &params,
-                    hits,
-                };
-                let outcome = self.store.apply(&counter, now);
-                verdict_of(outcome, params, None, quota_by_setting)
+                let identity = LimitIdentity::Override { domain: domain_name, unit: params.unit };
+                (None, smallvec::smallvec![Planned { identity, params, rule: None }])
             }
+            Matched::Default(domain) => (None, defaults_of(domain)),
             Matched::Limited(rule) => {
-                let mut reported: Option<(Outcome, LimitParams)> = None;
-                for limit in rule.limits.iter() {
-                    let counter = Counter {
-                        domain,
-                        entries: &descriptor.entries,
+                let mut planned: SmallVec<[Planned<'a>; 4]> = rule
+                    .limits
+                    .iter()
+                    .map(|l| Planned {
+                        identity: LimitIdentity::Rule(l.counter_id),
+                        params: &l.params,
                         rule: Some(rule),
-                        identity: LimitIdentity::Rule(limit.counter_id),
-                        params: &limit.params,
-                        hits,
-                    };
-                    let outcome = self.store.apply(&counter, now);
-                    // Report the first limit that rejected, else the one with the least
-                    // remaining (the first on a tie): SPEC §9.1.
-                    let better = match &reported {
-                        None => true,
-                        Some((best, _)) => {
-                            !best.over_limit && (outcome.over_limit || outcome.remaining < best.remaining)
-                        }
-                    };
-                    if better {
-                        reported = Some((outcome, limit.params));
-                    }
+                    })
+                    .collect();
+                if rule.inherit_default
+                    && let Some(domain) = domain
+                {
+                    planned.extend(defaults_of(domain));
                 }
-                let Some((outcome, params)) = reported else {
-                    return Verdict::ok();
-                };
-                let mut verdict = verdict_of(outcome, params, Some(rule), quota_by_setting || rule.quota_mode);
-                if rule.shadow_mode {
-                    // Counted and reported, but never enforced; remaining stays as counted.
-                    verdict.over_limit = false;
-                }
-                verdict
+                (Some(*rule), planned)
+            }
+        };
+        // Report the first limit that rejected, else the one with the least remaining (the
+        // first on a tie): SPEC §9.1.
+        let mut reported: Option<(Outcome, Planned<'a>)> = None;
+        for limit in planned {
+            let counter = counter_of(domain_name, descriptor, &limit, hits);
+            let applied = self.store.apply(&counter, now);
+            if applied.consumed
+                && let Some((consumed, index)) = track.as_mut()
+            {
+                consumed.push(Consumed { descriptor: *index, limit, hits });
+            }
+            let outcome = applied.outcome;
+            let better = match &reported {
+                None => true,
+                Some((best, _)) => !best.over_limit && (outcome.over_limit || outcome.remaining < best.remaining),
+            };
+            if better {
+                reported = Some((outcome, limit));
+            }
+        }
+        let Some((outcome, limit)) = reported else { return Verdict::ok() };
+        let quota = quota_by_setting || rule.is_some_and(|r| r.quota_mode);
+        let mut verdict = Verdict {
+            over_limit: outcome.over_limit,
+            reported: Some(limit),
+            remaining: outcome.remaining,
+            reset_after: outcome.reset_after,
+            unlimited: false,
+            quota,
+            rule,
+        };
+        if rule.is_some_and(|r| r.shadow_mode) {
+            // Counted and reported, but never enforced; remaining stays as counted.
+            verdict.over_limit = false;
+        }
+        verdict
+    }
+
+    /// `CONSUME=all_or_nothing`: the request was rejected, so no limit keeps its hits.
+    /// Descriptors that passed then report what they have left after the rollback.
+    fn roll_back(
+        &self,
+        request: &RateLimitRequest,
+        consumed: &[Consumed<'_>],
+        verdicts: &mut [Verdict<'_>],
+        now: Nanos,
+    ) {
+        for c in consumed {
+            let counter = counter_of(&request.domain, &request.descriptors[c.descriptor], &c.limit, c.hits);
+            self.store.refund(&counter, now);
+        }
+        for (descriptor, verdict) in request.descriptors.iter().zip(verdicts.iter_mut()) {
+            if let (false, Some(limit)) = (verdict.over_limit, verdict.reported) {
+                let outcome = self.store.peek(&counter_of(&request.domain, descriptor, &limit, 0), now);
+                verdict.remaining = outcome.remaining;
+                verdict.reset_after = outcome.reset_after;
             }
         }
     }
 
-    fn respond(&self, request: &RateLimitRequest, verdicts: &[Verdict<'_>]) -> RateLimitResponse {
+    fn respond(&self, request: &RateLimitRequest, verdicts: &[Verdict<'_>], over: bool) -> RateLimitResponse {
         let statuses: Vec<DescriptorStatus> = verdicts.iter().map(status_of).collect();
-
-        let mut non_quota_over = false;
-        let (mut quota_total, mut quota_over) = (0usize, 0usize);
-        for v in verdicts {
-            if v.quota && !v.unlimited {
-                quota_total += 1;
-                quota_over += usize::from(v.over_limit);
-            } else if v.over_limit {
-                non_quota_over = true;
-            }
-        }
-        let over = non_quota_over || (quota_total > 0 && quota_over == quota_total);
-
         let mut response = RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
@@ -312,6 +371,21 @@ impl RateLimiter {
         if over && self.options.global_shadow_mode {
             response.overall_code = Code::Ok as i32;
         }
+        if response.overall_code == Code::OverLimit as i32 {
+            // The first rejecting descriptor whose rule has a custom answer gives it.
+            let custom =
+                verdicts.iter().filter(|v| v.over_limit).find_map(|v| v.rule.and_then(|r| r.response.as_ref()));
+            if let Some(custom) = custom {
+                response.raw_body = custom.body.to_vec();
+                for (key, value) in custom.headers.iter() {
+                    response.response_headers_to_add.push(HeaderValue {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                        raw_value: Vec::new(),
+                    });
+                }
+            }
+        }
         if self.options.dynamic_metadata {
             response.dynamic_metadata = Some(dynamic_metadata(request, verdicts));
         }
@@ -319,24 +393,50 @@ impl RateLimiter {
     }
 }
 
-fn verdict_of<'a>(outcome: Outcome, params: LimitParams, rule: Option<&'a Rule>, quota: bool) -> Verdict<'a> {
-    Verdict {
-        over_limit: outcome.over_limit,
-        reported: Some((params, rule)),
-        remaining: outcome.remaining,
-        reset_after: outcome.reset_after,
-        unlimited: false,
-        quota,
-        rule,
+/// Whether the request is OVER_LIMIT (before `SHADOW_MODE`): some non-quota descriptor is
+/// over, or there are quota descriptors and every one of them is.
+fn is_over_limit(verdicts: &[Verdict<'_>]) -> bool {
+    let mut non_quota_over = false;
+    let (mut quota_total, mut quota_over) = (0usize, 0usize);
+    for v in verdicts {
+        if v.quota && !v.unlimited {
+            quota_total += 1;
+            quota_over += usize::from(v.over_limit);
+        } else if v.over_limit {
+            non_quota_over = true;
+        }
+    }
+    non_quota_over || (quota_total > 0 && quota_over == quota_total)
+}
+
+fn defaults_of(domain: &Domain) -> SmallVec<[Planned<'_>; 4]> {
+    domain
+        .defaults()
+        .iter()
+        .map(|l| Planned { identity: LimitIdentity::Default(l.counter_id), params: &l.params, rule: None })
+        .collect()
+}
+
+fn counter_of<'a>(
+    domain: &'a str,
+    descriptor: &'a RateLimitDescriptor,
+    limit: &Planned<'a>,
+    hits: u64,
+) -> Counter<'a, envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry> {
+    Counter {
+        domain,
+        entries: &descriptor.entries,
+        rule: limit.rule,
+        identity: limit.identity,
+        params: limit.params,
+        hits,
     }
 }
 
 fn resolve<'a>(domain: Option<&'a Domain>, descriptor: &RateLimitDescriptor) -> Matched<'a> {
     // The domain check comes first: an override for an unknown domain is ignored, as in
     // the reference.
-    let Some(domain) = domain else {
-        return Matched::NoLimit;
-    };
+    let Some(domain) = domain else { return Matched::NoLimit };
     if let Some(limit) = &descriptor.limit {
         // `validate` has already rejected undefined units.
         let unit = Unit::from_proto_number(limit.unit).unwrap_or(Unit::Second);
@@ -344,8 +444,12 @@ fn resolve<'a>(domain: Option<&'a Domain>, descriptor: &RateLimitDescriptor) -> 
     }
     match domain.find(&descriptor.entries) {
         Some(rule) if rule.unlimited => Matched::Unlimited(rule),
-        Some(rule) if rule.is_limited() => Matched::Limited(rule),
-        _ => Matched::NoLimit,
+        Some(rule) if rule.is_limited() || (rule.inherit_default && !domain.defaults().is_empty()) => {
+            Matched::Limited(rule)
+        }
+        Some(_) => Matched::NoLimit,
+        None if !domain.defaults().is_empty() => Matched::Default(domain),
+        None => Matched::NoLimit,
     }
 }
 
@@ -383,12 +487,12 @@ fn status_of(v: &Verdict<'_>) -> DescriptorStatus {
     let code = if v.over_limit { Code::OverLimit } else { Code::Ok } as i32;
     match v.reported {
         None => DescriptorStatus { code, limit_remaining: v.remaining, ..Default::default() },
-        Some((params, rule)) => DescriptorStatus {
+        Some(limit) => DescriptorStatus {
             code,
             current_limit: Some(RateLimit {
-                name: rule.and_then(|r| r.name.as_deref()).unwrap_or_default().to_string(),
-                requests_per_unit: params.requests_per_unit,
-                unit: params.unit.proto_number(),
+                name: v.rule.and_then(|r| r.name.as_deref()).unwrap_or_default().to_string(),
+                requests_per_unit: limit.params.requests_per_unit,
+                unit: limit.params.unit.proto_number(),
             }),
             limit_remaining: v.remaining,
             duration_until_reset: Some(proto_duration(v.reset_after)),
@@ -411,9 +515,7 @@ fn add_limit_headers(headers: &mut Vec<HeaderValue>, names: &HeaderNames, verdic
         chosen = Some(v);
     }
     let Some(v) = chosen else { return };
-    let Some((params, _)) = v.reported else {
-        return;
-    };
+    let Some(Planned { params, .. }) = v.reported else { return };
     let reset_secs = v.reset_after.0.div_ceil(Nanos::NANOS_PER_SEC);
     for (name, value) in [
         (&names.limit, params.requests_per_unit.to_string()),

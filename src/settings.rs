@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ConfigSource, RuntimeLayout};
-use crate::service::{HeaderNames, RequestCaps, ServiceOptions};
+use crate::limiter::Algorithm;
+use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
 
 /// One setting: its environment variable, default and help. The flag is the variable
@@ -51,6 +52,12 @@ pub const SPECS: &[Spec] = &[
     spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
     spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
     spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
+    spec("DEFAULT_ALGORITHM", "fixed_window", "Algorithm of limits and domains that name none"),
+    spec(
+        "CONSUME",
+        "always",
+        "always: every matched limit counts the hit; all_or_nothing: a rejected request counts on none",
+    ),
     spec("SHADOW_MODE", "false", "Never reject: OVER_LIMIT answers become OK (statuses keep theirs)"),
     spec("QUOTA_MODE", "false", "Treat every descriptor as a quota descriptor"),
     spec("LIMIT_RESPONSE_HEADERS_ENABLED", "false", "Add RateLimit-Limit/Remaining/Reset headers to responses"),
@@ -181,6 +188,7 @@ pub struct Settings {
     pub force_start_without_initial_config: bool,
     pub backend: Backend,
     pub memory_max_counters: usize,
+    pub default_algorithm: Algorithm,
     pub service: ServiceOptions,
     pub near_limit_ratio: f32,
     pub healthy_with_at_least_one_config_loaded: bool,
@@ -362,6 +370,15 @@ impl Settings {
             _ => Err("expected memory or redis".into()),
         });
         let memory_max_counters = r.parse("MEMORY_MAX_COUNTERS", parse_count);
+        let default_algorithm = r.parse("DEFAULT_ALGORITHM", |s| {
+            Algorithm::parse(s)
+                .ok_or_else(|| "expected fixed_window, sliding_window, token_bucket or leaky_bucket".into())
+        });
+        let consume = r.parse("CONSUME", |s| match s {
+            "always" => Ok(Consume::Always),
+            "all_or_nothing" => Ok(Consume::AllOrNothing),
+            _ => Err("expected always or all_or_nothing".into()),
+        });
         debug_assert_eq!(Reader::spec("MEMORY_MAX_COUNTERS").default, DEFAULT_MAX_COUNTERS.to_string());
 
         let response_headers = r.boolean("LIMIT_RESPONSE_HEADERS_ENABLED").then(|| HeaderNames {
@@ -374,6 +391,7 @@ impl Settings {
             global_quota_mode: r.boolean("QUOTA_MODE"),
             response_headers,
             dynamic_metadata: r.boolean("RESPONSE_DYNAMIC_METADATA"),
+            consume,
             caps: RequestCaps {
                 max_descriptors: r.parse("MAX_DESCRIPTORS", parse_count),
                 max_entries: r.parse("MAX_ENTRIES", parse_count),
@@ -422,6 +440,7 @@ impl Settings {
             force_start_without_initial_config,
             backend,
             memory_max_counters,
+            default_algorithm,
             service,
             near_limit_ratio,
             healthy_with_at_least_one_config_loaded,

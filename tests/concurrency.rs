@@ -30,7 +30,7 @@ fn hammer_store(threads: usize, per_thread: usize, limit: u32, hits: u64) -> u64
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..per_thread {
-                    if !store.apply(&key, &params, hits, Nanos::from_secs(7200)).over_limit {
+                    if !store.apply(&key, &params, hits, Nanos::from_secs(7200)).outcome.over_limit {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -9,13 +9,13 @@
 use std::path::{Path, PathBuf};
 
 use sluicegate::config::{self, ConfigSource};
-use sluicegate::rules::LimitRegistry;
+use sluicegate::rules::{BuildOptions, LimitRegistry};
 
 const FIXTURES: &str = "tests/fixtures/config";
 
 fn load(path: &Path) -> Result<String, String> {
     let source = ConfigSource::Paths(vec![path.to_path_buf()]);
-    match config::load(&source, false, &LimitRegistry::new(), 1) {
+    match config::load(&source, &BuildOptions::default(), &LimitRegistry::new(), 1) {
         Ok(snapshot) => Ok(snapshot.warnings.to_string()),
         Err(diags) => Err(diags.to_string()),
     }

@@ -86,7 +86,7 @@ fn matching_and_counting_existing_counters_allocates_nothing() {
             params: &limit.params,
             hits: 1,
         };
-        assert!(!store.apply(&counter, Nanos::from_secs(7200)).over_limit);
+        assert!(!store.apply(&counter, Nanos::from_secs(7200)).outcome.over_limit);
     };
     // The allocator really is watching.
     assert_eq!(allocations_during(|| drop(std::hint::black_box(vec![1u8]))), 1);

@@ -7,6 +7,7 @@
 //! half-applies. YAML parsing stays inside `yaml.rs` and `schema.rs`.
 
 pub mod diag;
+pub mod limit_string;
 pub mod schema;
 pub mod yaml;
 
@@ -17,7 +18,7 @@ use std::time::SystemTime;
 use diag::{Diagnostic, Diagnostics};
 use yaml::Pos;
 
-use crate::rules::{self, LimitRegistry, RuleSet};
+use crate::rules::{self, BuildOptions, LimitRegistry, RuleSet};
 
 /// The largest rule file accepted. Real rule files are kilobytes; this bounds the memory
 /// and time a mistaken or hostile file can cost.
@@ -80,7 +81,9 @@ pub fn discover(source: &ConfigSource) -> Result<Vec<PathBuf>, Diagnostics> {
         ConfigSource::Paths(paths) => {
             for path in paths {
                 match std::fs::metadata(path) {
-                    Ok(meta) if meta.is_dir() => walk(path, 0, true, true, &mut files, &mut diags),
+                    Ok(meta) if meta.is_dir() => {
+                        walk(path, 0, true, true, &mut Visited::default(), &mut files, &mut diags)
+                    }
                     Ok(_) => files.push(path.clone()),
                     Err(e) => diags.push(io_error(path, "cannot read config path", &e)),
                 }
@@ -89,7 +92,9 @@ pub fn discover(source: &ConfigSource) -> Result<Vec<PathBuf>, Diagnostics> {
         ConfigSource::Runtime(layout) => {
             let dir = layout.config_dir();
             match std::fs::metadata(&dir) {
-                Ok(meta) if meta.is_dir() => walk(&dir, 0, false, layout.ignore_dotfiles, &mut files, &mut diags),
+                Ok(meta) if meta.is_dir() => {
+                    walk(&dir, 0, false, layout.ignore_dotfiles, &mut Visited::default(), &mut files, &mut diags)
+                }
                 Ok(_) => diags.push(Diagnostic::error(&path_name(&dir), Pos::START, "is not a directory")),
                 // The reference starts with no rules when the directory does not exist yet;
                 // so do we (hot reload picks the files up when they appear).
@@ -106,14 +111,24 @@ pub fn discover(source: &ConfigSource) -> Result<Vec<PathBuf>, Diagnostics> {
     Ok(files)
 }
 
+/// Directories already walked, by device and inode, so symlink loops end at once.
+type Visited = std::collections::HashSet<(u64, u64)>;
+
 fn walk(
     dir: &Path,
     depth: usize,
     yaml_only: bool,
     skip_dotfiles: bool,
+    visited: &mut Visited,
     out: &mut Vec<PathBuf>,
     diags: &mut Diagnostics,
 ) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && !visited.insert((meta.dev(), meta.ino()))
+    {
+        return; // reached again through a symlink
+    }
     if depth > MAX_DIR_DEPTH {
         diags.push(Diagnostic::error(
             &path_name(dir),
@@ -136,7 +151,7 @@ fn walk(
         }
         let path = entry.path();
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(&path, depth + 1, yaml_only, skip_dotfiles, out, diags),
+            Ok(meta) if meta.is_dir() => walk(&path, depth + 1, yaml_only, skip_dotfiles, visited, out, diags),
             Ok(_) if !yaml_only || name.ends_with(".yaml") || name.ends_with(".yml") => out.push(path),
             Ok(_) => {}
             // A dangling symlink mid-swap: the next reload sees the finished state.
@@ -206,7 +221,7 @@ fn read_file(path: &Path, diags: &mut Diagnostics) -> (Arc<str>, Vec<schema::Dom
 /// Warnings of a successful load are in the snapshot.
 pub fn load(
     source: &ConfigSource,
-    merge_domains: bool,
+    options: &BuildOptions,
     registry: &LimitRegistry,
     version: u64,
 ) -> Result<ConfigSnapshot, Diagnostics> {
@@ -219,13 +234,23 @@ pub fn load(
         files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
         docs.extend(file_docs);
     }
-    finish(docs, files, merge_domains, registry, version, diags)
+    finish(docs, files, options, registry, version, diags)
 }
 
-/// Loads rule files given as (name, text) pairs: for tests and tools.
+/// Loads rule files given as (name, text) pairs, with default options but for merging:
+/// for tests and tools.
 pub fn load_texts(
     texts: &[(&str, &str)],
     merge_domains: bool,
+    registry: &LimitRegistry,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    load_texts_with(texts, &BuildOptions { merge_domains, ..BuildOptions::default() }, registry)
+}
+
+/// Loads rule files given as (name, text) pairs.
+pub fn load_texts_with(
+    texts: &[(&str, &str)],
+    options: &BuildOptions,
     registry: &LimitRegistry,
 ) -> Result<ConfigSnapshot, Diagnostics> {
     let mut diags = Diagnostics::default();
@@ -237,18 +262,18 @@ pub fn load_texts(
         files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
         docs.extend(file_docs);
     }
-    finish(docs, files, merge_domains, registry, 1, diags)
+    finish(docs, files, options, registry, 1, diags)
 }
 
 fn finish(
     docs: Vec<schema::DomainDoc>,
     files: Vec<LoadedFile>,
-    merge_domains: bool,
+    options: &BuildOptions,
     registry: &LimitRegistry,
     version: u64,
     mut diags: Diagnostics,
 ) -> Result<ConfigSnapshot, Diagnostics> {
-    let rules = rules::build(&docs, merge_domains, registry, &mut diags);
+    let rules = rules::build(&docs, options, registry, &mut diags);
     // Within a file, report in position order; files stay in load order.
     diags.0.sort_by(|a, b| {
         let file_order = |d: &Diagnostic| files.iter().position(|f| f.path == d.file).unwrap_or(usize::MAX);

@@ -10,8 +10,13 @@
 //! the wrong place (`unit` at the top level) is accepted, with a warning; a name known
 //! nowhere is an error.
 //!
-//! Cross-node checks (duplicate siblings, duplicate domains) belong to `rules::build`,
-//! which sees every file. This module must not build match trees.
+//! sluicegate's extensions (SPEC §2.2: `algorithm`, `limit` strings, `rate_limits`,
+//! `burst`, `unit_multiplier`, `response`, `default_limit`, `inherit_default`) are read
+//! here too; a reference file never needs them.
+//!
+//! Cross-node checks (duplicate siblings, duplicate domains, a `burst` on an algorithm
+//! inherited from the domain) belong to `rules::build`, which sees every file. This
+//! module must not build match trees.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,8 +24,9 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as ProtoValue, value::Kind};
 
 use super::diag::{Diagnostic, Diagnostics};
+use super::limit_string;
 use super::yaml::{Node, Pos, ScalarKind, Value};
-use crate::limiter::Unit;
+use crate::limiter::{Algorithm, Unit};
 
 /// One YAML document: one domain's rules.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +36,10 @@ pub struct DomainDoc {
     pub domain: String,
     pub domain_pos: Pos,
     pub descriptors: Vec<DescriptorDef>,
+    /// The domain's default `algorithm`, if set.
+    pub algorithm: Option<Algorithm>,
+    /// `default_limit`: applied to descriptors that match no rule.
+    pub default_limits: Vec<LimitDef>,
 }
 
 /// One `descriptors` entry, with its children.
@@ -47,6 +57,33 @@ pub struct DescriptorDef {
     pub share_threshold: bool,
     pub metadata: Option<Struct>,
     pub descriptors: Vec<DescriptorDef>,
+    /// Limits from `limit` (a limit string) and `rate_limits`, in that order; the
+    /// `rate_limit` one, if any, comes first of all.
+    pub limits: Vec<LimitDef>,
+    pub response: Option<ResponseDef>,
+    /// Also apply the domain's `default_limit`.
+    pub inherit_default: bool,
+}
+
+/// One limit, however it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitDef {
+    pub pos: Pos,
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+    pub unit_multiplier: u32,
+    /// `None`: the domain's, else the `DEFAULT_ALGORITHM` setting's.
+    pub algorithm: Option<Algorithm>,
+    /// With the position of `burst`, for errors once the algorithm is known.
+    pub burst: Option<(u32, Pos)>,
+}
+
+/// A rule's custom answer, sent when it rejects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseDef {
+    pub pos: Pos,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +95,8 @@ pub struct RateLimitDef {
     pub requests_per_unit: u32,
     pub name: Option<String>,
     pub replaces: Vec<String>,
+    /// The limit itself (absent when `unlimited`).
+    pub limit: Option<LimitDef>,
 }
 
 /// Every key name the reference knows, at any level.
@@ -80,7 +119,21 @@ const REFERENCE_KEYS: &[&str] = &[
     "metadata",
 ];
 
-const TOP_KEYS: &[&str] = &["domain", "descriptors"];
+/// The keys sluicegate adds (SPEC §2.2); like the reference's, known at every level.
+const EXTENSION_KEYS: &[&str] = &[
+    "algorithm",
+    "default_limit",
+    "limit",
+    "rate_limits",
+    "burst",
+    "unit_multiplier",
+    "response",
+    "body",
+    "headers",
+    "inherit_default",
+];
+
+const TOP_KEYS: &[&str] = &["domain", "descriptors", "algorithm", "default_limit"];
 const DESCRIPTOR_KEYS: &[&str] = &[
     "key",
     "value",
@@ -92,8 +145,18 @@ const DESCRIPTOR_KEYS: &[&str] = &[
     "value_to_metric",
     "share_threshold",
     "metadata",
+    "limit",
+    "rate_limits",
+    "response",
+    "inherit_default",
 ];
-const RATE_LIMIT_KEYS: &[&str] = &["unit", "requests_per_unit", "unlimited", "name", "replaces"];
+const RATE_LIMIT_KEYS: &[&str] =
+    &["unit", "requests_per_unit", "unlimited", "name", "replaces", "algorithm", "burst", "unit_multiplier"];
+const LIMIT_KEYS: &[&str] = &["unit", "requests_per_unit", "algorithm", "burst", "unit_multiplier"];
+const RESPONSE_KEYS: &[&str] = &["body", "headers"];
+
+/// The longest window accepted: 100 years of 365 days.
+const MAX_WINDOW_SECS: u64 = 100 * 365 * 86_400;
 const REPLACES_KEYS: &[&str] = &["name"];
 
 /// Reads the documents of one file. Documents with errors yield what could be read, so
@@ -154,14 +217,30 @@ impl Reader<'_> {
         if domain.is_empty() {
             self.error(domain_pos, "config file cannot have empty domain");
         }
+        let algorithm = fields.get("algorithm").and_then(|a| self.algorithm(a));
+        let default_limits =
+            fields.get("default_limit").map(|l| self.limit_string(l, "default_limit")).unwrap_or_default();
         let descriptors = match fields.get("descriptors") {
             Some(node) => self.descriptor_list(node),
             None => Vec::new(),
         };
+        if default_limits.is_empty() {
+            for d in walk(&descriptors).filter(|d| d.inherit_default) {
+                self.warning(d.pos, "inherit_default has no effect: the domain has no default_limit");
+            }
+        }
         if domain.is_empty() {
             return None;
         }
-        Some(DomainDoc { file: self.file.clone(), pos: doc.pos, domain, domain_pos, descriptors })
+        Some(DomainDoc {
+            file: self.file.clone(),
+            pos: doc.pos,
+            domain,
+            domain_pos,
+            descriptors,
+            algorithm,
+            default_limits,
+        })
     }
 
     /// Checks a mapping's keys: strings, known somewhere, expected here.
@@ -191,7 +270,7 @@ impl Reader<'_> {
                     );
                 }
                 out.push((name, value));
-            } else if REFERENCE_KEYS.contains(&name) {
+            } else if REFERENCE_KEYS.contains(&name) || EXTENSION_KEYS.contains(&name) {
                 self.warning(key.pos, format!("'{name}' has no effect here and is ignored"));
             } else {
                 self.error(key.pos, format!("config error, unknown key '{name}'"));
@@ -257,7 +336,7 @@ impl Reader<'_> {
         let value_to_metric = flag(self, "value_to_metric");
         let share_threshold = flag(self, "share_threshold");
         let rate_limit = fields.get("rate_limit").and_then(|rl| self.rate_limit(rl));
-        if share_threshold && !value.contains('*') && !key.contains('*') {
+        if share_threshold && !value.contains('*') {
             let shown = if value.is_empty() { key.clone() } else { format!("{key}_{value}") };
             let pos = fields.get("share_threshold").map_or(node.pos, |n| n.pos);
             self.error(
@@ -274,6 +353,27 @@ impl Reader<'_> {
                 None
             }
         });
+        let inherit_default = flag(self, "inherit_default");
+        let mut limits: Vec<LimitDef> = rate_limit.as_ref().and_then(|rl| rl.limit.clone()).into_iter().collect();
+        if let Some(l) = fields.get("limit") {
+            limits.extend(self.limit_string(l, "limit"));
+        }
+        if let Some(list) = fields.get("rate_limits") {
+            for item in self.map_list(list, "rate_limits") {
+                let item_fields = self.fields(item, LIMIT_KEYS);
+                limits.extend(self.structured_limit(item, &item_fields));
+            }
+        }
+        if rate_limit.as_ref().is_some_and(|rl| rl.unlimited) && limits.iter().any(|_| true) {
+            let pos = fields.get("limit").or(fields.get("rate_limits")).map_or(node.pos, |n| n.pos);
+            self.error(pos, "an unlimited rule cannot also have limit or rate_limits");
+        }
+        let response = fields.get("response").and_then(|r| self.response(r));
+        if let Some(r) = &response
+            && limits.is_empty()
+        {
+            self.warning(r.pos, "response has no effect: the rule has no limit that could reject");
+        }
         let descriptors = fields.get("descriptors").map(|d| self.descriptor_list(d)).unwrap_or_default();
         DescriptorDef {
             pos: node.pos,
@@ -287,6 +387,9 @@ impl Reader<'_> {
             share_threshold,
             metadata,
             descriptors,
+            limits,
+            response,
+            inherit_default,
         }
     }
 
@@ -333,6 +436,17 @@ impl Reader<'_> {
                 }
             }
         }
+        if unlimited {
+            for extra in ["algorithm", "burst", "unit_multiplier"] {
+                if let Some(n) = fields.get(extra) {
+                    self.warning(n.pos, format!("{extra} has no effect on an unlimited rule"));
+                }
+            }
+        }
+        let limit = match unit {
+            Some(unit) if valid && !unlimited => self.limit_options(node.pos, requests_per_unit, unit, &fields),
+            _ => None,
+        };
         valid.then_some(RateLimitDef {
             pos: node.pos,
             unlimited,
@@ -340,7 +454,146 @@ impl Reader<'_> {
             requests_per_unit,
             name,
             replaces,
+            limit,
         })
+    }
+
+    /// The options every structured limit shares: `algorithm`, `burst`, `unit_multiplier`.
+    fn limit_options(&mut self, pos: Pos, requests_per_unit: u32, unit: Unit, fields: &Fields<'_>) -> Option<LimitDef> {
+        let algorithm = fields.get("algorithm").and_then(|a| self.algorithm(a));
+        let burst = fields.get("burst").and_then(|b| self.count(b, "burst").map(|n| (n, b.pos)));
+        let unit_multiplier = match fields.get("unit_multiplier") {
+            None => 1,
+            Some(m) => match self.count(m, "unit_multiplier") {
+                Some(0) => {
+                    self.error(m.pos, "unit_multiplier must be at least 1");
+                    return None;
+                }
+                Some(n) if unit.seconds().saturating_mul(u64::from(n)) > MAX_WINDOW_SECS => {
+                    self.error(m.pos, format!("unit_multiplier {n} makes a window longer than 100 years"));
+                    return None;
+                }
+                Some(n) => n,
+                None => return None,
+            },
+        };
+        Some(LimitDef { pos, requests_per_unit, unit, unit_multiplier, algorithm, burst })
+    }
+
+    /// One item of `rate_limits`.
+    fn structured_limit(&mut self, node: &Node, fields: &Fields<'_>) -> Option<LimitDef> {
+        let requests_per_unit =
+            fields.get("requests_per_unit").and_then(|v| self.count(v, "requests_per_unit")).unwrap_or(0);
+        let unit_node = fields.get("unit");
+        let unit_text = unit_node.and_then(|u| self.text(u, "unit")).unwrap_or_default();
+        let Some(unit) = Unit::parse(&unit_text) else {
+            self.error(unit_node.map_or(node.pos, |u| u.pos), format!("invalid rate limit unit '{unit_text}'"));
+            return None;
+        };
+        self.limit_options(node.pos, requests_per_unit, unit, fields)
+    }
+
+    /// A limit string (`limit`, `default_limit`), each error at its column.
+    fn limit_string(&mut self, node: &Node, field: &str) -> Vec<LimitDef> {
+        let scalar = match node.as_scalar() {
+            Some(s) if s.kind == ScalarKind::Str => s,
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("{field} must be a string such as \"10/minute\", found {}", node.describe()),
+                );
+                return Vec::new();
+            }
+        };
+        let at = |offset: usize| match scalar.text_offset {
+            Some(extra) => {
+                Pos { line: node.pos.line, col: node.pos.col + extra + scalar.text[..offset].chars().count() as u32 }
+            }
+            None => node.pos,
+        };
+        match limit_string::parse(&scalar.text) {
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|item| {
+                    if item.unit.seconds().saturating_mul(u64::from(item.multiplier)) > MAX_WINDOW_SECS {
+                        self.error(
+                            at(item.offset),
+                            format!("invalid {field} {:?}: a window longer than 100 years", scalar.text),
+                        );
+                        return None;
+                    }
+                    Some(LimitDef {
+                        pos: at(item.offset),
+                        requests_per_unit: item.requests_per_unit,
+                        unit: item.unit,
+                        unit_multiplier: item.multiplier,
+                        algorithm: None,
+                        burst: None,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                self.error(at(e.offset), format!("invalid {field} {:?}: {}", scalar.text, e.message));
+                Vec::new()
+            }
+        }
+    }
+
+    fn algorithm(&mut self, node: &Node) -> Option<Algorithm> {
+        let text = self.text(node, "algorithm")?;
+        let algorithm = Algorithm::parse(&text);
+        if algorithm.is_none() {
+            self.error(
+                node.pos,
+                format!(
+                    "unknown algorithm '{text}'; expected fixed_window, sliding_window, token_bucket or leaky_bucket"
+                ),
+            );
+        }
+        algorithm
+    }
+
+    fn response(&mut self, node: &Node) -> Option<ResponseDef> {
+        match &node.value {
+            Value::Map(_) => {}
+            Value::Scalar(s) if s.kind == ScalarKind::Null => return None,
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("response must be a mapping with body and headers, found {}", node.describe()),
+                );
+                return None;
+            }
+        }
+        let fields = self.fields(node, RESPONSE_KEYS);
+        let body = fields.get("body").and_then(|b| self.text(b, "body")).unwrap_or_default();
+        let mut headers = Vec::new();
+        if let Some(h) = fields.get("headers") {
+            match &h.value {
+                Value::Map(entries) => {
+                    for (name_node, value_node) in entries {
+                        let Some(name) = self.text(name_node, "a response header name") else { continue };
+                        let Some(value) = self.text(value_node, "a response header value") else { continue };
+                        if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+                            self.error(
+                                name_node.pos,
+                                format!("response header name {name:?} is not a valid HTTP header name"),
+                            );
+                        } else if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                            self.error(value_node.pos, format!("response header {name} has a line break in its value"));
+                        } else {
+                            headers.push((name, value));
+                        }
+                    }
+                }
+                Value::Scalar(s) if s.kind == ScalarKind::Null => {}
+                _ => self.error(
+                    h.pos,
+                    format!("response headers must be a mapping of names to values, found {}", h.describe()),
+                ),
+            }
+        }
+        Some(ResponseDef { pos: node.pos, body, headers })
     }
 
     /// A string field. Integers and booleans are taken as their text, as the reference
@@ -389,6 +642,21 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// RFC 9110 `tchar`: the bytes a header name may hold.
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Every descriptor of a tree, depth first.
+fn walk(descriptors: &[DescriptorDef]) -> impl Iterator<Item = &DescriptorDef> {
+    let mut stack: Vec<&DescriptorDef> = descriptors.iter().rev().collect();
+    std::iter::from_fn(move || {
+        let next = stack.pop()?;
+        stack.extend(next.descriptors.iter().rev());
+        Some(next)
+    })
 }
 
 /// Converts `metadata` to the protobuf Struct returned in dynamic metadata.

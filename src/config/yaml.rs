@@ -24,6 +24,8 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 pub const MAX_DEPTH: usize = 128;
 /// The most nodes one file may expand to, counting every alias expansion.
 pub const MAX_NODES: usize = 2_000_000;
+/// The most scalar text one file may expand to through aliases.
+pub const MAX_EXPANDED_BYTES: usize = 64 * 1024 * 1024;
 
 /// A 1-based line and column in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -61,6 +63,10 @@ pub struct Scalar {
     /// The scalar's text as written (after YAML unescaping).
     pub text: String,
     pub kind: ScalarKind,
+    /// Columns between the node's position and its first character of text (1 for a
+    /// quoted scalar), when the text sits on one line as written; `None` for block
+    /// scalars. Lets errors point inside a string.
+    pub text_offset: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -139,6 +145,8 @@ struct Builder {
     stack: Vec<Open>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Scalar text copied by alias expansions so far.
+    expanded_bytes: usize,
     /// Whether the current document has produced its root node yet.
     root_done: bool,
 }
@@ -150,14 +158,15 @@ fn pos_of(span: &Span) -> Pos {
     }
 }
 
-fn count_nodes(node: &Node) -> usize {
+/// Nodes and scalar bytes in a subtree.
+fn count_nodes(node: &Node) -> (usize, usize) {
     // Iterative on purpose: an alias can name a deep subtree.
-    let mut count = 0;
+    let (mut count, mut bytes) = (0, 0);
     let mut todo = vec![node];
     while let Some(n) = todo.pop() {
         count += 1;
         match &n.value {
-            Value::Scalar(_) => {}
+            Value::Scalar(s) => bytes += s.text.len(),
             Value::Seq(items) => todo.extend(items.iter()),
             Value::Map(entries) => {
                 for (k, v) in entries {
@@ -167,7 +176,7 @@ fn count_nodes(node: &Node) -> usize {
             }
         }
     }
-    count
+    (count, bytes)
 }
 
 impl Builder {
@@ -179,7 +188,7 @@ impl Builder {
             Event::DocumentEnd => {
                 if !self.root_done {
                     self.documents.push(Node {
-                        value: Value::Scalar(Scalar { text: String::new(), kind: ScalarKind::Null }),
+                        value: Value::Scalar(Scalar { text: String::new(), kind: ScalarKind::Null, text_offset: None }),
                         pos,
                     });
                 }
@@ -190,7 +199,15 @@ impl Builder {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| YamlError { pos, message: "alias refers to an unknown anchor".to_string() })?;
-                self.count(count_nodes(&node), pos)?;
+                let (nodes, bytes) = count_nodes(&node);
+                self.count(nodes, pos)?;
+                self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
+                if self.expanded_bytes > MAX_EXPANDED_BYTES {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("aliases expand the file past {MAX_EXPANDED_BYTES} bytes of text"),
+                    });
+                }
                 self.finish(Node { pos, ..node }, 0)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -259,17 +276,23 @@ impl Builder {
 
 fn resolve_scalar(text: Cow<'_, str>, style: ScalarStyle, tag: Option<&Tag>) -> Scalar {
     let text = text.into_owned();
+    let text_offset = match style {
+        _ if text.contains('\n') => None,
+        ScalarStyle::Plain => Some(0),
+        ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Some(1),
+        _ => None,
+    };
     if let Some(tag) = tag
         && tag.handle == "tag:yaml.org,2002:"
         && tag.suffix == "str"
     {
-        return Scalar { text, kind: ScalarKind::Str };
+        return Scalar { text, kind: ScalarKind::Str, text_offset: None };
     }
     if style != ScalarStyle::Plain {
-        return Scalar { text, kind: ScalarKind::Str };
+        return Scalar { text, kind: ScalarKind::Str, text_offset };
     }
     let kind = resolve_plain(&text);
-    Scalar { text, kind }
+    Scalar { text, kind, text_offset }
 }
 
 /// Resolves a plain scalar the way yaml.v2 (YAML 1.1) does.
@@ -458,6 +481,17 @@ mod tests {
         }
         let err = parse_documents(&text).unwrap_err();
         assert!(err.message.contains("more than"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_of_long_text_are_bounded_by_bytes() {
+        let long = "x".repeat(1 << 20);
+        let mut text = format!("a: &a {long}\nl:\n");
+        for _ in 0..100 {
+            text.push_str("  - *a\n");
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("bytes of text"), "{err:?}");
     }
 
     #[test]

@@ -26,16 +26,32 @@ pub fn decide(state: u64, now: Nanos, hits: u64, params: &LimitParams) -> (Outco
     let window = params.window_secs.max(1);
     let now_secs = now.as_secs();
     // Truncation is the encoding: second-long windows overflow 32 bits only in 2106.
-    let index = (now_secs / window) as u32;
+    let mut index = (now_secs / window) as u32;
     let (state_index, count) = unpack(state);
+    if state_index > index && count > 0 {
+        // This thread read the clock before another counted in the next window (or the
+        // clock stepped back): count in the counter's window, never move it back.
+        index = state_index;
+    }
     let before = if state_index == index { u64::from(count) } else { 0 };
     let after = before.saturating_add(hits);
     let new_state = if hits == 0 { state } else { pack(index, u32::try_from(after).unwrap_or(u32::MAX)) };
     let limit = u64::from(params.requests_per_unit);
     let over_limit = after > limit;
     let remaining = if over_limit { 0 } else { (limit - after) as u32 };
-    let reset_after = Nanos::from_secs(window - now_secs % window);
+    let reset_after = Nanos::from_secs(((u64::from(index) + 1) * window).saturating_sub(now_secs));
     (Outcome { over_limit, before, after, remaining, reset_after }, new_state)
+}
+
+/// Takes back hits counted at `consumed_at`, if the counter is still in that window.
+#[inline]
+pub fn refund(state: u64, consumed_at: Nanos, hits: u64, params: &LimitParams) -> u64 {
+    let index = (consumed_at.as_secs() / params.window_secs.max(1)) as u32;
+    let (state_index, count) = unpack(state);
+    if state_index != index {
+        return state;
+    }
+    pack(index, count.saturating_sub(u32::try_from(hits).unwrap_or(u32::MAX)))
 }
 
 /// A counter is fresh again once its window has ended.
@@ -119,7 +135,7 @@ mod tests {
 
     #[test]
     fn windows_of_several_units_are_epoch_aligned() {
-        let params = LimitParams::new(crate::limiter::Algorithm::FixedWindow, 5, Unit::Second, 3);
+        let params = LimitParams::new(crate::limiter::Algorithm::FixedWindow, 5, Unit::Second, 3, None);
         let mut state = 0;
         // now = 10: the 3 s window is [9, 12), so 2 s remain.
         assert_eq!(run(&mut state, 10, 1, &params).reset_after, Nanos::from_secs(2));
@@ -136,6 +152,27 @@ mod tests {
         let o = run(&mut state, 5, 1, &params);
         assert!(o.over_limit);
         assert_eq!(o.before, u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn a_late_reader_of_the_clock_never_moves_a_counter_back_a_window() {
+        let params = LimitParams::fixed_window(10, Unit::Minute);
+        let mut state = 0;
+        for _ in 0..5 {
+            run(&mut state, 125, 1, &params);
+        }
+        let o = run(&mut state, 119, 1, &params);
+        assert_eq!((o.before, o.reset_after), (5, Nanos::from_secs(61)));
+        assert_eq!(run(&mut state, 126, 1, &params).before, 6);
+    }
+
+    #[test]
+    fn refunds_apply_only_within_the_window_they_were_counted_in() {
+        let params = LimitParams::fixed_window(5, Unit::Minute);
+        let t = Nanos::from_secs(2222);
+        let (_, state) = decide(0, t, 3, &params);
+        assert_eq!(unpack(refund(state, t, 2, &params)).1, 1);
+        assert_eq!(refund(state, Nanos::from_secs(2280), 2, &params), state, "another window");
     }
 
     #[test]

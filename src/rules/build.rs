@@ -4,23 +4,35 @@
 //! `duplicate descriptor composite key`), duplicate domains across files unless merging,
 //! and the merge itself (top-level descriptor lists appended, as in the reference).
 //! Duplicates are reported at the second occurrence; a duplicate domain names the file
-//! and position of the first.
+//! and position of the first. It also settles each limit's algorithm (the limit's own,
+//! else its domain's, else the `DEFAULT_ALGORITHM` setting) and checks what depends on
+//! it (`burst`).
 
 use std::sync::Arc;
 
 use super::wildcard::Pattern;
-use super::{Children, Domain, Level, Limit, LimitRegistry, Rule, RuleSet};
+use super::{Children, CustomResponse, Domain, Level, Limit, LimitRegistry, Rule, RuleSet};
 use crate::config::diag::{Diagnostic, Diagnostics};
-use crate::config::schema::{DescriptorDef, DomainDoc};
-use crate::limiter::LimitParams;
+use crate::config::schema::{DescriptorDef, DomainDoc, LimitDef};
+use crate::limiter::{Algorithm, LimitParams};
+
+/// Load-wide choices that shape compilation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// `MERGE_DOMAIN_CONFIG`: several files may define one domain.
+    pub merge_domains: bool,
+    /// `DEFAULT_ALGORITHM`: for limits that name none, in domains that name none.
+    pub default_algorithm: Algorithm,
+}
 
 /// Builds the rule set from every document of a load, in load order.
-pub fn build(docs: &[DomainDoc], merge_domains: bool, registry: &LimitRegistry, diags: &mut Diagnostics) -> RuleSet {
+pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistry, diags: &mut Diagnostics) -> RuleSet {
     let mut set = RuleSet::default();
     let mut first_seen: std::collections::HashMap<&str, &DomainDoc> = std::collections::HashMap::new();
+    let mut defaults_seen: std::collections::HashMap<&str, &DomainDoc> = std::collections::HashMap::new();
     for doc in docs {
         if let Some(first) = first_seen.get(doc.domain.as_str()) {
-            if !merge_domains {
+            if !options.merge_domains {
                 diags.push(Diagnostic::error(
                     &doc.file,
                     doc.domain_pos,
@@ -39,8 +51,26 @@ pub fn build(docs: &[DomainDoc], merge_domains: bool, registry: &LimitRegistry, 
             rules: Vec::new(),
             children: Vec::new(),
             root: Children::default(),
+            defaults: Box::default(),
         });
-        let mut builder = Builder { domain, registry, file: &doc.file, diags };
+        let algorithm = doc.algorithm.unwrap_or(options.default_algorithm);
+        let mut builder = Builder { domain, registry, file: &doc.file, diags, algorithm };
+        if !doc.default_limits.is_empty() {
+            if let Some(first) = defaults_seen.get(doc.domain.as_str()) {
+                builder.diags.push(Diagnostic::error(
+                    &doc.file,
+                    doc.default_limits[0].pos,
+                    format!(
+                        "default_limit of domain '{}' is already set (at {}:{})",
+                        doc.domain, first.file, first.default_limits[0].pos
+                    ),
+                ));
+            } else {
+                defaults_seen.insert(&doc.domain, doc);
+                let defaults = builder.limits(&doc.default_limits, "\0default_limit", &[]);
+                builder.domain.defaults = defaults.into();
+            }
+        }
         for def in &doc.descriptors {
             builder.add(None, def, &[]);
         }
@@ -53,6 +83,8 @@ struct Builder<'a> {
     registry: &'a LimitRegistry,
     file: &'a Arc<str>,
     diags: &'a mut Diagnostics,
+    /// The algorithm of limits that name none (the document's, else the setting's).
+    algorithm: Algorithm,
 }
 
 impl Builder<'_> {
@@ -118,16 +150,7 @@ impl Builder<'_> {
         }
         let rate_limit = def.rate_limit.as_ref();
         let unlimited = rate_limit.is_some_and(|rl| rl.unlimited);
-        let limits: Vec<Limit> = match rate_limit {
-            Some(rl) if !rl.unlimited => rl
-                .unit
-                .map(|unit| {
-                    let params = LimitParams::fixed_window(rl.requests_per_unit, unit);
-                    vec![Limit { counter_id: self.counter_id(&domain, path, 0, &params), params }]
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let limits = if unlimited { Vec::new() } else { self.limits(&def.limits, &domain, path) };
         Rule {
             domain,
             file: self.file.clone(),
@@ -145,16 +168,55 @@ impl Builder<'_> {
             detailed_metric: def.detailed_metric,
             metadata: def.metadata.clone(),
             shares_counters: path.iter().any(|l| l.share_threshold),
+            response: def.response.as_ref().map(|r| CustomResponse {
+                body: r.body.as_bytes().into(),
+                headers: r.headers.iter().map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str()))).collect(),
+            }),
+            inherit_default: def.inherit_default,
         }
     }
 
-    fn counter_id(&self, domain: &str, path: &[Level], index: usize, params: &LimitParams) -> u32 {
+    /// Compiles limit definitions, settling each one's algorithm and checking its burst.
+    /// `scope` names what the limits belong to (the domain for rules; a marker for the
+    /// domain's defaults) so their counter identities differ.
+    fn limits(&mut self, defs: &[LimitDef], scope: &str, path: &[Level]) -> Vec<Limit> {
+        let mut limits = Vec::with_capacity(defs.len());
+        for (index, def) in defs.iter().enumerate() {
+            let algorithm = def.algorithm.unwrap_or(self.algorithm);
+            if let Some((burst, pos)) = def.burst {
+                if !algorithm.has_burst() {
+                    self.diags.push(Diagnostic::error(
+                        self.file,
+                        pos,
+                        format!("burst applies only to token_bucket and leaky_bucket, not {}", algorithm.name()),
+                    ));
+                    continue;
+                }
+                if algorithm == Algorithm::TokenBucket && burst == 0 {
+                    self.diags.push(Diagnostic::error(self.file, pos, "a token_bucket needs a burst of at least 1"));
+                    continue;
+                }
+            }
+            let params = LimitParams::new(
+                algorithm,
+                def.requests_per_unit,
+                def.unit,
+                def.unit_multiplier,
+                def.burst.map(|(b, _)| b),
+            );
+            limits.push(Limit { counter_id: self.counter_id(scope, path, index, &params), params });
+        }
+        limits
+    }
+
+    fn counter_id(&self, scope: &str, path: &[Level], index: usize, params: &LimitParams) -> u32 {
         let mut identity = Vec::with_capacity(64);
         let mut field = |bytes: &[u8]| {
             identity.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             identity.extend_from_slice(bytes);
         };
-        field(domain.as_bytes());
+        field(self.domain.name.as_bytes());
+        field(scope.as_bytes());
         for level in path {
             field(level.key.as_bytes());
             field(level.value.as_bytes());

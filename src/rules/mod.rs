@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-pub use build::build;
+pub use build::{BuildOptions, build};
 pub use registry::LimitRegistry;
 use wildcard::Pattern;
 
@@ -96,6 +96,9 @@ pub struct Domain {
     /// `children[i]` are the children of `rules[i]`.
     children: Vec<Children>,
     root: Children,
+    /// `default_limit`: counted per distinct descriptor for descriptors that match no
+    /// rule, and added to the limits of rules with `inherit_default`.
+    defaults: Box<[Limit]>,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +141,11 @@ impl Domain {
     /// Every rule of the domain, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The domain's default limits (empty if it has none).
+    pub fn defaults(&self) -> &[Limit] {
+        &self.defaults
     }
 }
 
@@ -185,6 +193,17 @@ pub struct Rule {
     pub metadata: Option<envoy_types::pb::google::protobuf::Struct>,
     /// Whether any level shares its counter across values (so keys need the patterns).
     pub shares_counters: bool,
+    /// Sent when this rule makes a request OVER_LIMIT.
+    pub response: Option<CustomResponse>,
+    /// The domain's default limits apply too.
+    pub inherit_default: bool,
+}
+
+/// A rule's custom answer for rejected requests: Envoy sends it with the 429.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomResponse {
+    pub body: Box<[u8]>,
+    pub headers: Box<[(Box<str>, Box<str>)]>,
 }
 
 impl Rule {

@@ -286,9 +286,9 @@ fn dynamic_metadata_echoes_the_request_and_merges_passing_rules_metadata() {
         json["dynamicMetadata"],
         serde_json::json!({
             "domain": "test-domain",
-            "hitsAddend": 1.0,
+            "hitsAddend": 1,
             "descriptors": [{"entries": ["meta=a"]}, {"entries": ["quota2=b"]}, {"entries": ["quota1=c"]}],
-            "metadata": {"name": "service_1", "nested": {"a": 1.0, "b": 2.0}},
+            "metadata": {"name": "service_1", "nested": {"a": 1, "b": 2}},
         }),
         "S22/S23: first descriptor wins name; quota1 is over so its metadata is left out"
     );

@@ -5,8 +5,13 @@
 //! the request's keys, and the limit's parameters) followed by the request's values; for
 //! a request's override, which has no rule, it is the domain, the override's parameters
 //! and the request's keys and values. Every field is length-prefixed, so no two different
-//! counters can encode alike, whatever bytes keys and values hold. Keys of up to
-//! [`INLINE`] bytes live inside the map entry; only longer ones take a heap allocation.
+//! counters can encode alike, whatever bytes keys and values hold.
+//!
+//! Every key lives inside its 64-byte map entry: a key longer than [`INLINE`] bytes keeps
+//! its limit header and replaces the rest by a 128-bit keyed hash of the whole encoding
+//! (SipHash-1-3 under two random keys chosen at start-up). A collision would take about
+//! 2^64 distinct descriptors, and without the process's keys no one can aim for one; in
+//! exchange a flood of long header values costs no more memory than short ones.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -14,24 +19,31 @@ use std::hash::{Hash, Hasher};
 use crate::limiter::Unit;
 use crate::rules::EntryView;
 
-/// Bytes a key can hold without a heap allocation: one value of up to about 42 bytes (an
-/// IPv4 or short IPv6 address, a UUID, most API keys) fits. 46 makes a map entry (key 48
-/// bytes, counter 16) exactly 64 bytes: one cache line in mimalloc's 64-byte size class,
-/// so a decision touches one line of counter memory. A longer key adds one heap
-/// allocation of its own.
-pub const INLINE: usize = 46;
+/// The longest key stored as it is: one value of up to about 43 bytes (an IPv4 or IPv6
+/// address, a UUID, most API keys). 47 makes a map entry (key 48 bytes, counter 16)
+/// exactly 64 bytes: one cache line in mimalloc's 64-byte size class, so a decision
+/// touches one line of counter memory.
+pub const INLINE: usize = 47;
 
 /// What a counter counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitIdentity<'a> {
     /// A configured limit, by its registry number.
     Rule(u32),
-    /// A request's `limit` override: the parameters come from the request.
-    Override { domain: &'a str, requests_per_unit: u32, unit: Unit },
+    /// A request's `limit` override. As in the reference, the counter is the entries'
+    /// in the unit's window, whatever `requests_per_unit` the request names, so a client
+    /// changing its override mid-window keeps counting.
+    Override { domain: &'a str, unit: Unit },
+    /// A domain's `default_limit`, by its registry number, counted per distinct
+    /// descriptor: no rule fixes the keys, so they are part of the key.
+    Default(u32),
 }
 
 const TAG_RULE: u8 = 0;
 const TAG_OVERRIDE: u8 = 1;
+const TAG_DEFAULT: u8 = 2;
+/// Set on the tag of a key whose body is a digest.
+const DIGESTED: u8 = 0x80;
 
 fn put_len(buf: &mut Vec<u8>, mut n: usize) {
     loop {
@@ -59,19 +71,30 @@ pub fn encode<'e, E: EntryView + 'e>(
     mut value_at: impl FnMut(usize, &'e E) -> &'e str,
 ) {
     buf.clear();
+    let header: usize;
     match limit {
         LimitIdentity::Rule(id) => {
             buf.push(TAG_RULE);
             put_len(buf, id as usize);
+            header = buf.len();
             // The rule fixes the keys at every depth, so only the values tell counters apart.
             for (depth, entry) in entries.iter().enumerate() {
                 put_field(buf, value_at(depth, entry).as_bytes());
             }
         }
-        LimitIdentity::Override { domain, requests_per_unit, unit } => {
+        LimitIdentity::Default(id) => {
+            buf.push(TAG_DEFAULT);
+            put_len(buf, id as usize);
+            header = buf.len();
+            for (depth, entry) in entries.iter().enumerate() {
+                put_field(buf, entry.key().as_bytes());
+                put_field(buf, value_at(depth, entry).as_bytes());
+            }
+        }
+        LimitIdentity::Override { domain, unit } => {
             buf.push(TAG_OVERRIDE);
-            buf.extend_from_slice(&requests_per_unit.to_le_bytes());
             buf.push(unit.proto_number() as u8);
+            header = buf.len();
             put_field(buf, domain.as_bytes());
             for (depth, entry) in entries.iter().enumerate() {
                 put_field(buf, entry.key().as_bytes());
@@ -79,6 +102,23 @@ pub fn encode<'e, E: EntryView + 'e>(
             }
         }
     }
+    if buf.len() > INLINE {
+        let digest = digest(buf);
+        buf.truncate(header);
+        buf[0] |= DIGESTED;
+        buf.extend_from_slice(&digest);
+    }
+}
+
+/// A 128-bit keyed hash: two SipHash-1-3 with independent random keys.
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    use std::hash::{BuildHasher, RandomState};
+    static KEYS: std::sync::OnceLock<(RandomState, RandomState)> = std::sync::OnceLock::new();
+    let (a, b) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&a.hash_one(bytes).to_le_bytes());
+    out[8..].copy_from_slice(&b.hash_one(bytes).to_le_bytes());
+    out
 }
 
 fn get_len(bytes: &[u8]) -> Option<usize> {
@@ -94,13 +134,9 @@ fn get_len(bytes: &[u8]) -> Option<usize> {
 
 /// The limit a stored key counts against, read back by the sweeper.
 pub fn decode_limit(key: &[u8]) -> Option<DecodedLimit> {
-    match *key.first()? {
-        TAG_RULE => Some(DecodedLimit::Rule(u32::try_from(get_len(&key[1..])?).ok()?)),
-        TAG_OVERRIDE => {
-            let requests_per_unit = u32::from_le_bytes(key.get(1..5)?.try_into().ok()?);
-            let unit = Unit::from_proto_number(i32::from(*key.get(5)?))?;
-            Some(DecodedLimit::Override { requests_per_unit, unit })
-        }
+    match *key.first()? & !DIGESTED {
+        TAG_RULE | TAG_DEFAULT => Some(DecodedLimit::Rule(u32::try_from(get_len(&key[1..])?).ok()?)),
+        TAG_OVERRIDE => Some(DecodedLimit::Override { unit: Unit::from_proto_number(i32::from(*key.get(1)?))? }),
         _ => None,
     }
 }
@@ -108,32 +144,28 @@ pub fn decode_limit(key: &[u8]) -> Option<DecodedLimit> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodedLimit {
     Rule(u32),
-    Override { requests_per_unit: u32, unit: Unit },
+    Override { unit: Unit },
 }
 
-/// An owned key as stored in the map.
+/// An owned key as stored in the map: always inline (see [`INLINE`]).
 #[derive(Clone)]
-pub enum CompactKey {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(Box<[u8]>),
+pub struct CompactKey {
+    len: u8,
+    bytes: [u8; INLINE],
 }
 
 impl CompactKey {
+    /// # Panics
+    /// If `bytes` is longer than [`INLINE`]; [`encode`] never makes such a key.
     pub fn new(bytes: &[u8]) -> Self {
-        if bytes.len() <= INLINE {
-            let mut inline = [0; INLINE];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            CompactKey::Inline { len: bytes.len() as u8, bytes: inline }
-        } else {
-            CompactKey::Heap(bytes.into())
-        }
+        assert!(bytes.len() <= INLINE, "encode() keeps keys within INLINE bytes");
+        let mut inline = [0; INLINE];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        CompactKey { len: bytes.len() as u8, bytes: inline }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            CompactKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            CompactKey::Heap(bytes) => bytes,
-        }
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -184,44 +216,47 @@ mod tests {
         assert_ne!(b, c);
         assert_ne!(key(LimitIdentity::Rule(1), &[("k", "v")]), key(LimitIdentity::Rule(2), &[("k", "v")]));
         assert_ne!(key(LimitIdentity::Rule(127), &[]), key(LimitIdentity::Rule(255), &[]));
-        let o = |entries: &[(&str, &str)]| {
-            key(LimitIdentity::Override { domain: "d", requests_per_unit: 1, unit: Unit::Second }, entries)
-        };
+        let o = |entries: &[(&str, &str)]| key(LimitIdentity::Override { domain: "d", unit: Unit::Second }, entries);
         assert_ne!(o(&[("a_b", "c")]), o(&[("a", "b_c")]));
+        let d = |entries: &[(&str, &str)]| key(LimitIdentity::Default(1), entries);
+        assert_ne!(d(&[("a", "b")]), d(&[("c", "b")]), "defaults count per distinct descriptor, keys included");
+        assert_ne!(d(&[("a", "b")]), key(LimitIdentity::Rule(1), &[("a", "b")]));
+        assert_eq!(decode_limit(&d(&[("a", "b")])), Some(DecodedLimit::Rule(1)));
     }
 
     #[test]
-    fn overrides_carry_their_domain_and_parameters() {
-        let o =
-            |domain, rpu, unit| key(LimitIdentity::Override { domain, requests_per_unit: rpu, unit }, &[("k", "v")]);
-        assert_ne!(o("a", 1, Unit::Second), o("b", 1, Unit::Second));
-        assert_ne!(o("a", 1, Unit::Second), o("a", 2, Unit::Second));
-        assert_ne!(o("a", 1, Unit::Second), o("a", 1, Unit::Minute));
-        assert_eq!(
-            decode_limit(&o("a", 7, Unit::Hour)),
-            Some(DecodedLimit::Override { requests_per_unit: 7, unit: Unit::Hour })
-        );
+    fn overrides_carry_their_domain_and_unit_but_not_their_count() {
+        let o = |domain, unit| key(LimitIdentity::Override { domain, unit }, &[("k", "v")]);
+        assert_ne!(o("a", Unit::Second), o("b", Unit::Second));
+        assert_ne!(o("a", Unit::Second), o("a", Unit::Minute));
+        assert_eq!(decode_limit(&o("a", Unit::Hour)), Some(DecodedLimit::Override { unit: Unit::Hour }));
         for id in [0, 9, 127, 128, 300_000, u32::MAX] {
             assert_eq!(decode_limit(&key(LimitIdentity::Rule(id), &[("k", "v")])), Some(DecodedLimit::Rule(id)));
         }
     }
 
     #[test]
-    fn typical_descriptors_fit_inline() {
+    fn typical_descriptors_are_stored_as_they_are() {
         let k = key(LimitIdentity::Rule(3), &[("remote_address", "192.168.100.200")]);
         assert_eq!(k.len(), 1 + 1 + 1 + 15);
-        assert!(matches!(CompactKey::new(&k), CompactKey::Inline { .. }));
-        let api_key = key(LimitIdentity::Rule(300), &[("api_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc")]);
-        assert!(matches!(CompactKey::new(&api_key), CompactKey::Inline { .. }), "{}", api_key.len());
+        assert_eq!(CompactKey::new(&k).as_bytes(), &k[..]);
+        let uuid = key(LimitIdentity::Rule(300), &[("api_key", "123e4567-e89b-12d3-a456-426614174000")]);
+        assert_eq!(uuid.len(), 1 + 2 + 1 + 36);
         assert_eq!(std::mem::size_of::<CompactKey>(), 48);
-        let long = vec![7u8; 100];
-        assert_eq!(CompactKey::new(&long).as_bytes(), &long[..]);
     }
 
     #[test]
-    fn long_values_use_several_length_bytes() {
-        let long = "x".repeat(300);
-        let k = key(LimitIdentity::Rule(0), &[("k", long.as_str())]);
-        assert_eq!(k.len(), 2 + 2 + 300);
+    fn long_keys_become_a_digest_behind_their_limit_header() {
+        let long = "x".repeat(16 * 1024);
+        let a = key(LimitIdentity::Rule(300), &[("path", long.as_str())]);
+        assert_eq!(a.len(), 1 + 2 + 16);
+        assert_eq!(decode_limit(&a), Some(DecodedLimit::Rule(300)));
+        let other = format!("{long}y");
+        let b = key(LimitIdentity::Rule(300), &[("path", other.as_str())]);
+        assert_ne!(a, b);
+        assert_eq!(a, key(LimitIdentity::Rule(300), &[("path", long.as_str())]), "stable within the process");
+        let o = key(LimitIdentity::Override { domain: &long, unit: Unit::Day }, &[]);
+        assert_eq!(decode_limit(&o), Some(DecodedLimit::Override { unit: Unit::Day }));
+        assert!(o.len() <= INLINE);
     }
 }

@@ -16,7 +16,7 @@ use crate::clock::Nanos;
 use crate::limiter::{LimitParams, Outcome};
 use crate::rules::{EntryView, Rule};
 use key::LimitIdentity;
-pub use memory::MemoryStore;
+pub use memory::{Applied, MemoryStore};
 
 /// One limit of one request descriptor.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,11 @@ pub struct Counter<'a, E> {
 }
 
 impl<'a, E: EntryView> Counter<'a, E> {
+    /// The memory store's key for this counter.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        key::encode(buf, self.identity, self.entries, |depth, e| self.value_at(depth, e));
+    }
+
     /// The value this counter is kept under at `depth`: the rule's pattern on a
     /// `share_threshold` level, else the request's value.
     pub fn value_at(&self, depth: usize, entry: &'a E) -> &'a str {
@@ -49,14 +54,32 @@ pub enum Store {
 impl Store {
     /// Applies one counter's hits and decides.
     #[inline]
-    pub fn apply<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Outcome {
+    pub fn apply<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Applied {
         match self {
-            Store::Memory(memory) => memory.apply_with_key(
-                |buf| key::encode(buf, counter.identity, counter.entries, |depth, e| counter.value_at(depth, e)),
-                counter.params,
-                counter.hits,
-                now,
-            ),
+            Store::Memory(memory) => {
+                memory.apply_with_key(|buf| counter.encode(buf), counter.params, counter.hits, now)
+            }
+        }
+    }
+
+    /// Takes back the hits a decision at `consumed_at` counted (a rejected request
+    /// under `CONSUME=all_or_nothing`).
+    pub fn refund<E: EntryView>(&self, counter: &Counter<'_, E>, consumed_at: Nanos) {
+        match self {
+            Store::Memory(memory) => {
+                memory.refund_with_key(|buf| counter.encode(buf), counter.params, counter.hits, consumed_at)
+            }
+        }
+    }
+
+    /// The current decision for a counter, without changing it.
+    pub fn peek<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Outcome {
+        match self {
+            Store::Memory(memory) => {
+                let mut buf = Vec::new();
+                counter.encode(&mut buf);
+                memory.peek(&buf, counter.params, now)
+            }
         }
     }
 
