@@ -9,19 +9,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::{connect, request, start};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use sluicegate::clock::Nanos;
-use sluicegate::limiter::{LimitParams, Unit};
+use sluicegate::limiter::{Algorithm, LimitParams, Unit};
 use sluicegate::rules::LimitRegistry;
 use sluicegate::store::MemoryStore;
 use sluicegate::store::key::{LimitIdentity, encode};
 
 fn hammer_store(threads: usize, per_thread: usize, limit: u32, hits: u64) -> u64 {
     let params = LimitParams::fixed_window(limit, Unit::Hour);
+    let (store, key) = store_for(params);
+    hammer(&store, &key, &params, threads, per_thread, hits, Nanos::from_secs(7200))
+}
+
+fn store_for(params: LimitParams) -> (Arc<MemoryStore>, Arc<Vec<u8>>) {
     let registry = Arc::new(LimitRegistry::new());
     let id = registry.intern(b"hammer", params);
     let store = Arc::new(MemoryStore::new(registry, 1000));
     let mut key = Vec::new();
     encode(&mut key, LimitIdentity::Rule(id), &[("user", "alice")], |_, e| e.1);
-    let key = Arc::new(key);
+    (store, Arc::new(key))
+}
+
+/// Threads released together, each making `per_thread` calls at `now`; returns how many
+/// were admitted.
+fn hammer(
+    store: &Arc<MemoryStore>,
+    key: &Arc<Vec<u8>>,
+    params: &LimitParams,
+    threads: usize,
+    per_thread: usize,
+    hits: u64,
+    now: Nanos,
+) -> u64 {
+    let params = *params;
     let admitted = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
@@ -30,7 +49,7 @@ fn hammer_store(threads: usize, per_thread: usize, limit: u32, hits: u64) -> u64
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..per_thread {
-                    if !store.apply(&key, &params, hits, Nanos::from_secs(7200)).outcome.over_limit {
+                    if !store.apply(&key, &params, hits, now).outcome.over_limit {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -48,6 +67,35 @@ fn threads_hammering_one_counter_admit_exactly_the_limit() {
     for threads in [1, 2, 8, 16] {
         assert_eq!(hammer_store(threads, 32_000 / threads, 10_000, 1), 10_000, "{threads} threads");
     }
+}
+
+#[test]
+fn every_algorithm_admits_exactly_its_bound_under_contention() {
+    for algorithm in Algorithm::ALL {
+        // Bound 1,000 each: a window limit, a token bucket of 1,000, a leaky bucket
+        // tolerating 999 beyond the request itself.
+        let burst = match algorithm {
+            Algorithm::TokenBucket => Some(1000),
+            Algorithm::LeakyBucket => Some(999),
+            _ => None,
+        };
+        for (hits, expected) in [(1, 1000), (3, 333)] {
+            let params = LimitParams::new(algorithm, 1000, Unit::Hour, 1, burst);
+            let (store, key) = store_for(params);
+            let admitted = hammer(&store, &key, &params, 8, 1000, hits, Nanos::from_secs(7200));
+            assert_eq!(admitted, expected, "{algorithm:?} with {hits} hits per call");
+        }
+    }
+}
+
+#[test]
+fn a_sliding_window_rolls_exactly_under_contention() {
+    let params = LimitParams::new(Algorithm::SlidingWindow, 1000, Unit::Minute, 1, None);
+    let (store, key) = store_for(params);
+    assert_eq!(hammer(&store, &key, &params, 8, 500, 1, Nanos::from_secs(60 * 100 + 30)), 1000);
+    // Every thread rolls into the next window at once, a quarter into it: the previous
+    // 1,000 weigh 750, so exactly 250 more pass.
+    assert_eq!(hammer(&store, &key, &params, 8, 500, 1, Nanos::from_secs(60 * 101 + 15)), 250);
 }
 
 #[test]
