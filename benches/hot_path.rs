@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use sluicegate::clock::{Clock, FakeClock, Nanos};
 use sluicegate::config::load_texts;
-use sluicegate::limiter::{LimitParams, Unit};
+use sluicegate::limiter::{Algorithm, LimitParams, Unit};
 use sluicegate::rules::{LimitRegistry, RuleSet};
 use sluicegate::service::{RateLimiter, ServiceOptions};
 use sluicegate::store::key::{LimitIdentity, encode};
@@ -81,7 +81,10 @@ fn bench_matcher(c: &mut Criterion) {
 }
 
 fn store_with(distinct: u64) -> (Arc<MemoryStore>, LimitParams, u32, Vec<Vec<u8>>) {
-    let params = LimitParams::fixed_window(u32::MAX, Unit::Hour);
+    store_for(LimitParams::fixed_window(u32::MAX, Unit::Hour), distinct)
+}
+
+fn store_for(params: LimitParams, distinct: u64) -> (Arc<MemoryStore>, LimitParams, u32, Vec<Vec<u8>>) {
     let registry = Arc::new(LimitRegistry::new());
     let id = registry.intern(b"bench", params);
     let store = Arc::new(MemoryStore::new(registry, 2_000_000));
@@ -132,6 +135,27 @@ fn bench_store(c: &mut Criterion) {
                 start.elapsed() / threads as u32
             })
         });
+    }
+    group.finish();
+}
+
+/// Every algorithm on the same store path, limits never reached: the cost of the
+/// decision itself, against the fixed window's.
+fn bench_algorithms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("algorithm");
+    group.throughput(Throughput::Elements(1));
+    for algorithm in Algorithm::ALL {
+        for distinct in [1u64, 100_000] {
+            let params = LimitParams::new(algorithm, u32::MAX, Unit::Hour, 1, None);
+            let (store, params, _, keys) = store_for(params, distinct);
+            let mut i = 0usize;
+            group.bench_function(format!("{}_{distinct}_keys", algorithm.name()), |b| {
+                b.iter(|| {
+                    i = (i + 7919) % keys.len();
+                    black_box(store.apply(&keys[i], &params, 1, Nanos::from_secs(3600)))
+                })
+            });
+        }
     }
     group.finish();
 }
@@ -213,6 +237,6 @@ fn bench_decide(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_matcher, bench_store, bench_decide
+    targets = bench_matcher, bench_store, bench_algorithms, bench_decide
 }
 criterion_main!(benches);

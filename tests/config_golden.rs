@@ -121,3 +121,23 @@ fn the_readme_documents_every_setting() {
         sluicegate::settings::SPECS.iter().map(|s| s.env).filter(|env| !readme.contains(&format!("`{env}`"))).collect();
     assert!(missing.is_empty(), "README.md does not document {missing:?}");
 }
+
+/// Every ```yaml block of the user documentation is a rule file that loads cleanly, so
+/// the examples cannot rot.
+#[test]
+fn every_yaml_example_in_the_docs_loads() {
+    for doc in ["README.md", "docs/rules.md", "examples/envoy/README.md"] {
+        let Ok(text) = std::fs::read_to_string(doc) else { continue };
+        let mut blocks = 0;
+        for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let yaml = block.split("```").next().unwrap();
+            let name = format!("{doc} yaml block {}", i + 1);
+            match config::load_texts(&[(&name, yaml)], false, &LimitRegistry::new()) {
+                Ok(snapshot) => assert!(snapshot.warnings.0.is_empty(), "{name} warns:\n{}", snapshot.warnings),
+                Err(e) => panic!("{name} does not load:\n{e}\n---\n{yaml}"),
+            }
+            blocks += 1;
+        }
+        assert!(blocks > 0 || doc.starts_with("examples"), "{doc} has no yaml examples");
+    }
+}

@@ -224,11 +224,6 @@ impl Reader<'_> {
             Some(node) => self.descriptor_list(node),
             None => Vec::new(),
         };
-        if default_limits.is_empty() {
-            for d in walk(&descriptors).filter(|d| d.inherit_default) {
-                self.warning(d.pos, "inherit_default has no effect: the domain has no default_limit");
-            }
-        }
         if domain.is_empty() {
             return None;
         }
@@ -371,6 +366,7 @@ impl Reader<'_> {
         let response = fields.get("response").and_then(|r| self.response(r));
         if let Some(r) = &response
             && limits.is_empty()
+            && !inherit_default
         {
             self.warning(r.pos, "response has no effect: the rule has no limit that could reject");
         }
@@ -647,16 +643,6 @@ impl Reader<'_> {
 /// RFC 9110 `tchar`: the bytes a header name may hold.
 fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Every descriptor of a tree, depth first.
-fn walk(descriptors: &[DescriptorDef]) -> impl Iterator<Item = &DescriptorDef> {
-    let mut stack: Vec<&DescriptorDef> = descriptors.iter().rev().collect();
-    std::iter::from_fn(move || {
-        let next = stack.pop()?;
-        stack.extend(next.descriptors.iter().rev());
-        Some(next)
-    })
 }
 
 /// Converts `metadata` to the protobuf Struct returned in dynamic metadata.

@@ -49,9 +49,14 @@ pub fn decide(tat: u64, now: Nanos, hits: u64, params: &LimitParams) -> (Outcome
         let outcome = Outcome { over_limit: false, before, after: before + hits, remaining, reset_after };
         return (outcome, word);
     }
-    // Rejected: admitted once enough of the outstanding hits have drained, or never if
-    // the request is bigger than the bucket (then report when it is full again).
-    let wait = if u128::from(hits) <= capacity { new_tat - tolerance - now_ns } else { base - now_ns };
+    // Rejected: admitted once enough of the outstanding hits have drained; never if the
+    // request is bigger than the bucket, and then "retry now" would only invite a storm of
+    // retries, so report the time until the bucket is full or a whole window, if longer.
+    let wait = if u128::from(hits) <= capacity {
+        new_tat - tolerance - now_ns
+    } else {
+        (base - now_ns).max(u128::from(params.window_ns))
+    };
     let outcome = Outcome {
         over_limit: true,
         before,
@@ -157,7 +162,7 @@ mod tests {
         assert_eq!(o.reset_after, Nanos::from_millis(400), "full again after the 4 drain");
         let o = run(&mut s, T0, 11, &p);
         assert!(o.over_limit);
-        assert_eq!(o.reset_after, Nanos::from_millis(400), "never passes: reports when the bucket is full");
+        assert_eq!(o.reset_after, Nanos::from_secs(1), "never passes: reports a whole window at least");
         let o = run(&mut s, T0, 7, &p);
         assert_eq!((o.over_limit, o.reset_after), (true, Nanos::from_millis(100)));
     }

@@ -33,50 +33,60 @@ pub fn unpack(word: u64) -> (u32, u32) {
     ((word >> 32) as u32, word as u32)
 }
 
+/// `a * b / c`, in 64 bits when the product fits (it nearly always does: the counts are
+/// small), else in 128.
+#[inline]
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    match a.checked_mul(b) {
+        Some(product) => product / c,
+        None => (u128::from(a) * u128::from(b) / u128::from(c)).min(u128::from(u64::MAX)) as u64,
+    }
+}
+
 /// Smallest `e` in a window of `w` ns at which `floor(count * (w - e) / w) <= budget`.
 #[inline]
-fn decayed_at(count: u128, budget: u128, w: u128) -> u128 {
+fn decayed_at(count: u64, budget: u64, w: u64) -> u64 {
     if count == 0 {
         return 0;
     }
     // floor(count * (w - e) / w) <= budget  <=>  count * (w - e) <= (budget + 1) * w - 1
-    let slack = ((budget + 1) * w - 1) / count;
+    let slack = match (budget + 1).checked_mul(w) {
+        Some(product) => (product - 1) / count,
+        None => ((u128::from(budget + 1) * u128::from(w) - 1) / u128::from(count)).min(u128::from(u64::MAX)) as u64,
+    };
     w.saturating_sub(slack)
 }
 
 #[inline]
 pub fn decide(state: State, now: Nanos, hits: u64, params: &LimitParams) -> Step {
-    let w = u128::from(params.window_ns.max(1));
+    let w = params.window_ns.max(1);
     // Truncation is the encoding: one-second windows overflow 32 bits only in 2106.
-    let mut index = (u128::from(now.0) / w) as u32;
-    let mut now_ns = u128::from(now.0);
+    let mut index = (now.0 / w) as u32;
+    let mut now_ns = now.0;
     let (word_index, word_count) = unpack(state.word);
     if word_index > index && state.word != 0 {
         // This thread read the clock before another moved the counter on: decide at the
         // start of the counter's window (the strictest moment of it).
         index = word_index;
-        now_ns = u128::from(index) * w;
+        now_ns = u64::from(index) * w;
     }
     let (previous, current, aux) = if word_index == index {
         let (aux_index, aux_count) = unpack(state.aux);
         if aux_index != index.wrapping_sub(1) {
             return Step::Retry;
         }
-        (aux_count, word_count, None)
+        (u64::from(aux_count), u64::from(word_count), None)
     } else {
         let previous = if word_index == index.wrapping_sub(1) { word_count } else { 0 };
-        (previous, 0, Some(pack(index.wrapping_sub(1), previous)))
+        (u64::from(previous), 0, Some(pack(index.wrapping_sub(1), previous)))
     };
-    let rolled_word = pack(index, current);
-    let elapsed = now_ns - u128::from(index) * w;
+    let elapsed = now_ns - u64::from(index) * w;
     let left = w - elapsed;
-    let (previous, current, rpu) = (u128::from(previous), u128::from(current), u128::from(params.requests_per_unit));
-    let weighted = previous * left / w;
-    let before = weighted + current;
-    let after = before + u128::from(hits);
-    let to_u64 = |n: u128| n.min(u128::from(u64::MAX)) as u64;
+    let rpu = u64::from(params.requests_per_unit);
+    let before = mul_div(previous, left, w) + current;
+    let after = before.saturating_add(hits);
     if after <= rpu {
-        let new_current = current + u128::from(hits);
+        let new_current = current + hits;
         let reset = if new_current > 0 {
             left + decayed_at(new_current, 0, w)
         } else {
@@ -84,10 +94,10 @@ pub fn decide(state: State, now: Nanos, hits: u64, params: &LimitParams) -> Step
         };
         let outcome = Outcome {
             over_limit: false,
-            before: to_u64(before),
-            after: to_u64(after),
+            before,
+            after,
             remaining: (rpu - after) as u32,
-            reset_after: ceil_millis(to_u64(reset)),
+            reset_after: ceil_millis(reset),
         };
         return Step::Decided { outcome, word: pack(index, new_current as u32), aux };
     }
@@ -95,22 +105,15 @@ pub fn decide(state: State, now: Nanos, hits: u64, params: &LimitParams) -> Step
     // previous window has decayed enough; else in the next one, once this window (then
     // the previous) has; else never (more hits than the limit): report when the counter
     // is fresh again.
-    let hits = u128::from(hits);
-    let reset = match rpu.checked_sub(current + hits) {
+    let reset = match rpu.checked_sub(current.saturating_add(hits)) {
         Some(budget) if decayed_at(previous, budget, w) < w => decayed_at(previous, budget, w) - elapsed,
         _ => match rpu.checked_sub(hits) {
             Some(budget) => left + decayed_at(current, budget, w),
             None => left + w,
         },
     };
-    let outcome = Outcome {
-        over_limit: true,
-        before: to_u64(before),
-        after: to_u64(after),
-        remaining: 0,
-        reset_after: ceil_millis(to_u64(reset)),
-    };
-    let word = if aux.is_some() { rolled_word } else { state.word };
+    let outcome = Outcome { over_limit: true, before, after, remaining: 0, reset_after: ceil_millis(reset) };
+    let word = if aux.is_some() { pack(index, current as u32) } else { state.word };
     Step::Decided { outcome, word, aux }
 }
 

@@ -75,6 +75,17 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
             builder.add(None, def, &[]);
         }
     }
+    // Only now, with every file of a merged domain in, is it known whether a domain has
+    // defaults for its rules to inherit.
+    for domain in set.domains.values().filter(|d| d.defaults.is_empty()) {
+        for rule in domain.rules.iter().filter(|r| r.inherit_default) {
+            diags.push(Diagnostic::warning(
+                &rule.file,
+                rule.pos,
+                "inherit_default has no effect: the domain has no default_limit",
+            ));
+        }
+    }
     set
 }
 
@@ -180,8 +191,8 @@ impl Builder<'_> {
     /// `scope` names what the limits belong to (the domain for rules; a marker for the
     /// domain's defaults) so their counter identities differ.
     fn limits(&mut self, defs: &[LimitDef], scope: &str, path: &[Level]) -> Vec<Limit> {
-        let mut limits = Vec::with_capacity(defs.len());
-        for (index, def) in defs.iter().enumerate() {
+        let mut limits: Vec<Limit> = Vec::with_capacity(defs.len());
+        for def in defs {
             let algorithm = def.algorithm.unwrap_or(self.algorithm);
             if let Some((burst, pos)) = def.burst {
                 if !algorithm.has_burst() {
@@ -204,12 +215,23 @@ impl Builder<'_> {
                 def.unit_multiplier,
                 def.burst.map(|(b, _)| b),
             );
-            limits.push(Limit { counter_id: self.counter_id(scope, path, index, &params), params });
+            if limits.iter().any(|l| l.params == params) {
+                // The same limit twice would count every hit twice on one counter.
+                self.diags.push(Diagnostic::warning(
+                    self.file,
+                    def.pos,
+                    "this limit is listed twice; the copy is ignored",
+                ));
+                continue;
+            }
+            limits.push(Limit { counter_id: self.counter_id(scope, path, &params), params });
         }
         limits
     }
 
-    fn counter_id(&self, scope: &str, path: &[Level], index: usize, params: &LimitParams) -> u32 {
+    /// A limit's counters are identified by its rule and parameters, not its position in
+    /// the rule, so reordering a rule's limits keeps their counts.
+    fn counter_id(&self, scope: &str, path: &[Level], params: &LimitParams) -> u32 {
         let mut identity = Vec::with_capacity(64);
         let mut field = |bytes: &[u8]| {
             identity.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -222,7 +244,6 @@ impl Builder<'_> {
             field(level.value.as_bytes());
             field(&[u8::from(level.share_threshold)]);
         }
-        field(&(index as u64).to_le_bytes());
         field(format!("{params:?}").as_bytes());
         self.registry.intern(&identity, *params)
     }
