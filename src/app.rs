@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -18,20 +18,25 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::config;
 use crate::config::diag::Diagnostics;
-use crate::config::{self, ConfigSnapshot, ConfigSource};
+use crate::config::reload::{ConfigLoader, ReloadStatus, Reloader};
 use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::rules::{BuildOptions, LimitRegistry};
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
+use crate::stats::Stats;
+use crate::stats::statsd::StatsdSink;
 use crate::store::{MemoryStore, Store};
 
 /// How long in-flight calls get to finish once the grace period is over.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often shutdown checks whether calls are still in flight.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
+/// How often histogram samples are folded into buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest pause between sweeps of expired counters.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -67,35 +72,13 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Loads rule snapshots for one source, numbering them.
-#[derive(Debug)]
-pub struct ConfigLoader {
-    pub source: ConfigSource,
-    pub options: BuildOptions,
-    pub registry: Arc<LimitRegistry>,
-    versions: AtomicU64,
-}
-
-impl ConfigLoader {
-    pub fn new(source: ConfigSource, options: BuildOptions, registry: Arc<LimitRegistry>) -> Self {
-        ConfigLoader { source, options, registry, versions: AtomicU64::new(0) }
-    }
-
-    /// Loads every file afresh; the version counts successful loads.
-    pub fn load(&self) -> Result<ConfigSnapshot, Diagnostics> {
-        let next = self.versions.load(Ordering::Acquire) + 1;
-        let snapshot = config::load(&self.source, &self.options, &self.registry, next)?;
-        self.versions.store(next, Ordering::Release);
-        Ok(snapshot)
-    }
-}
-
 /// Everything the service shares between its front ends.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub limiter: Arc<RateLimiter>,
     pub health: Arc<Health>,
-    pub loader: Arc<ConfigLoader>,
+    pub reloader: Arc<Reloader>,
+    pub stats: Arc<Stats>,
     pub memory: Option<Arc<MemoryStore>>,
 }
 
@@ -115,15 +98,6 @@ pub struct Started {
     pub debug_addr: SocketAddr,
 }
 
-fn log_diagnostics(diags: &Diagnostics) {
-    for d in diags.errors() {
-        tracing::error!("Error loading new configuration: {d}");
-    }
-    for d in diags.warnings() {
-        tracing::warn!("{d}");
-    }
-}
-
 impl Server {
     /// Loads the rules and binds every listener, with the system clock.
     pub fn start(settings: Settings) -> Result<Started, StartError> {
@@ -138,31 +112,23 @@ impl Server {
         let registry = Arc::new(LimitRegistry::new());
         let options =
             BuildOptions { merge_domains: settings.merge_domains, default_algorithm: settings.default_algorithm };
-        let loader = Arc::new(ConfigLoader::new(settings.config_source.clone(), options, registry.clone()));
-        let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
-        let config = Arc::new(ArcSwapOption::empty());
-        match loader.load() {
-            Ok(snapshot) => {
-                log_diagnostics(&snapshot.warnings);
-                tracing::info!(
-                    version = snapshot.version,
-                    files = snapshot.files.len(),
-                    domains = snapshot.rules.domains().len(),
-                    rules = snapshot.rules.rule_count(),
-                    "loaded the rate limit configuration"
-                );
-                health.set_config_loaded(snapshot.rules.domains().len());
-                config.store(Some(Arc::new(snapshot)));
+        let stats = Stats::new(settings.stats.clone());
+        let reloader = Arc::new(Reloader {
+            loader: ConfigLoader::new(settings.config_source.clone(), options, registry.clone()),
+            config: Arc::new(ArcSwapOption::empty()),
+            health: Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded)),
+            status: ReloadStatus::default(),
+            observer: Some(stats.clone()),
+        });
+        let health = reloader.health.clone();
+        let config = reloader.config.clone();
+        if let Err(diags) = reloader.reload() {
+            if !settings.force_start_without_initial_config {
+                return Err(StartError::Config(diags));
             }
-            Err(diags) => {
-                log_diagnostics(&diags);
-                if !settings.force_start_without_initial_config {
-                    return Err(StartError::Config(diags));
-                }
-                tracing::warn!(
-                    "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
-                );
-            }
+            tracing::warn!(
+                "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
+            );
         }
         let (store, memory) = match settings.backend {
             Backend::Memory => {
@@ -170,7 +136,8 @@ impl Server {
                 (Store::Memory(memory.clone()), Some(memory))
             }
         };
-        let limiter = Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()));
+        let limiter =
+            Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()).with_stats(stats.clone()));
 
         let (grpc_listeners, grpc_addr) = bind_grpc(&settings)?;
         let http_listener = bind_plain("HTTP", &settings.http.0, settings.http.1)?;
@@ -188,7 +155,7 @@ impl Server {
         }
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
-            shared: Shared { limiter, health, loader, memory },
+            shared: Shared { limiter, health, reloader, stats, memory },
             settings,
             grpc_listeners,
             http_listener,
@@ -279,11 +246,25 @@ impl Started {
             workers.push(done_rx);
         }
 
-        let state = HttpState { limiter: shared.limiter.clone(), health: shared.health.clone() };
+        let state = HttpState {
+            limiter: shared.limiter.clone(),
+            health: shared.health.clone(),
+            reloader: shared.reloader.clone(),
+            stats: shared.stats.clone(),
+        };
         let http = serve_http(http_listener, http::router(state.clone()), stop_rx.clone())?;
         let debug = serve_http(debug_listener, http::debug_router(state), stop_rx.clone())?;
-        let sweeper =
-            shared.memory.clone().map(|m| tokio::spawn(sweep_loop(m, shared.limiter.clock().clone(), stop_rx.clone())));
+        let mut background = vec![
+            tokio::spawn(config::reload::watch(shared.reloader.clone(), stop_rx.clone())),
+            tokio::spawn(upkeep_loop(shared.stats.clone(), stop_rx.clone())),
+        ];
+        if let Some(memory) = shared.memory.clone() {
+            let clock = shared.limiter.clock().clone();
+            background.push(tokio::spawn(sweep_loop(memory, clock, shared.stats.clone(), stop_rx.clone())));
+        }
+        if let Some(statsd) = shared.stats.statsd.clone() {
+            background.push(tokio::spawn(statsd_loop(statsd, stop_rx.clone())));
+        }
 
         shutdown.await;
         shared.health.start_draining();
@@ -327,8 +308,12 @@ impl Started {
                 "calls still in flight after the drain timeout; stopping anyway"
             );
         }
-        if let Some(sweeper) = sweeper {
-            sweeper.abort();
+        for task in background {
+            task.abort();
+        }
+        if let Some(statsd) = shared.stats.statsd.clone() {
+            // The last interval's stats, so a clean stop loses none.
+            let _ = tokio::task::spawn_blocking(move || statsd.flush()).await;
         }
         health_task.abort();
         tracing::warn!("stopped");
@@ -352,9 +337,32 @@ fn serve_http(
     }))
 }
 
+/// Folds histogram samples into buckets, so their memory stays bounded between scrapes.
+async fn upkeep_loop(stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(UPKEEP_INTERVAL) => stats.upkeep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Sends stats to statsd every `STATS_FLUSH_INTERVAL`.
+async fn statsd_loop(statsd: Arc<StatsdSink>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(statsd.flush_interval()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let sink = statsd.clone();
+        let _ = tokio::task::spawn_blocking(move || sink.flush()).await;
+    }
+}
+
 /// Reclaims expired counters every second (or as soon as the cap is passed), pacing
-/// itself so sweeping a huge store takes at most about 5% of a core.
-async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, mut stop: watch::Receiver<bool>) {
+/// itself so sweeping a huge store takes at most about 5% of a core; keeps the memory
+/// gauges current.
+async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
     let mut pause = SWEEP_INTERVAL;
     loop {
         tokio::select! {
@@ -369,6 +377,9 @@ async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, mut stop: watch::Rec
             return;
         };
         pause = SWEEP_INTERVAL.max(started.elapsed() * 20);
+        stats.counters_live.set(report.live as f64);
+        stats.counter_evictions.absolute(memory.evictions());
+        stats.counters_reclaimed.absolute(memory.reclaimed());
         if report.evicted > 0 {
             tracing::debug!(?report, "evicted idle counters over MEMORY_MAX_COUNTERS");
         }

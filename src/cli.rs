@@ -1,10 +1,10 @@
-//! The command line: `sluicegate [serve]` with a flag for every setting.
+//! The command line: `sluicegate [serve]`, `sluicegate validate`, `sluicegate explain`.
 //!
 //! Owns turning `argv` and the environment into an action and an exit code. Every
 //! setting of [`crate::settings::SPECS`] is a flag named after its variable
 //! (`GRPC_PORT` is `--grpc-port`); a flag wins over the variable. Invalid settings or
-//! flags exit with 64 (`EX_USAGE`) after naming every problem; a failed start exits
-//! with 1.
+//! flags exit with 64 (`EX_USAGE`) after naming every problem; a failed start, a config
+//! that does not validate, exits with 1.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::app::Server;
-use crate::settings::{Env, LogFormat, SPECS, Settings, WithFlags, flag_name};
+use crate::config::{self, ConfigSource};
+use crate::limiter::{Algorithm, LimitParams};
+use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
+use crate::settings::{Env, LogFormat, SPECS, Settings, WithFlags, build_options, flag_name};
 
 /// `EX_USAGE`: the command line or a setting is invalid.
 pub const EXIT_USAGE: u8 = 64;
@@ -41,15 +44,65 @@ fn with_setting_flags(mut command: Command) -> Command {
     command
 }
 
+/// The flags that change how rules load (for `validate` and `explain`).
+fn with_load_flags(command: Command) -> Command {
+    ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM"].into_iter().fold(command, |command, env| {
+        let spec = SPECS.iter().find(|s| s.env == env).expect("a known setting");
+        command.arg(
+            Arg::new(env)
+                .long(flag_name(env))
+                .value_name("VALUE")
+                .num_args(1)
+                .help(format!("{} [env: {env}] [default: {}]", spec.help, spec.default)),
+        )
+    })
+}
+
 /// The whole command-line interface.
 pub fn command() -> Command {
     let serve = with_setting_flags(Command::new("serve").about("Run the rate limit service (the default command)"));
+    let validate = with_load_flags(
+        Command::new("validate")
+            .about("Load rule files without serving: print every error and exit 1, or a summary and exit 0")
+            .arg(
+                Arg::new("paths")
+                    .value_name("PATH")
+                    .num_args(1..)
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("Rule files, or directories of *.yaml/*.yml rule files"),
+            ),
+    );
+    let explain = with_load_flags(
+        Command::new("explain")
+            .about("Show which rule each descriptor matches (or why none), with its limits")
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .value_name("PATH")
+                    .action(ArgAction::Append)
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("A rule file or directory (repeatable)"),
+            )
+            .arg(Arg::new("domain").long("domain").value_name("DOMAIN").required(true).help("The request's domain"))
+            .arg(
+                Arg::new("descriptor")
+                    .long("descriptor")
+                    .value_name("K=V[,K=V...]")
+                    .action(ArgAction::Append)
+                    .required(true)
+                    .help("A descriptor's entries in order (repeatable, one per descriptor)"),
+            ),
+    );
     with_setting_flags(
         Command::new("sluicegate")
             .version(env!("CARGO_PKG_VERSION"))
             .about("A drop-in, lock-free rate limit service for Envoy")
             .args_conflicts_with_subcommands(true)
-            .subcommand(serve),
+            .subcommand(serve)
+            .subcommand(validate)
+            .subcommand(explain),
     )
 }
 
@@ -84,8 +137,165 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             };
         }
     };
-    let serve_matches = matches.subcommand_matches("serve").unwrap_or(&matches);
-    serve(serve_matches)
+    match matches.subcommand() {
+        Some(("validate", m)) => validate(m),
+        Some(("explain", m)) => explain(m),
+        Some(("serve", m)) => serve(m),
+        _ => serve(&matches),
+    }
+}
+
+fn load_options(matches: &ArgMatches) -> Result<BuildOptions, ExitCode> {
+    let flags: HashMap<String, String> = ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM"]
+        .into_iter()
+        .filter_map(|env| matches.get_one::<String>(env).map(|v| (env.to_string(), v.clone())))
+        .collect();
+    build_options(&WithFlags { flags, base: Env }).map_err(|e| {
+        for line in e.0 {
+            eprintln!("sluicegate: {line}");
+        }
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn validate(matches: &ArgMatches) -> ExitCode {
+    let options = match load_options(matches) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let paths: Vec<PathBuf> = matches.get_many::<PathBuf>("paths").map(|v| v.cloned().collect()).unwrap_or_default();
+    let source = ConfigSource::Paths(paths);
+    match config::load(&source, &options, &LimitRegistry::new(), 1) {
+        Ok(snapshot) => {
+            if !snapshot.warnings.0.is_empty() {
+                println!("{}", snapshot.warnings);
+            }
+            let warnings = snapshot.warnings.0.len();
+            println!(
+                "OK: {} files, {} domains, {} rules{}",
+                snapshot.files.len(),
+                snapshot.rules.domains().len(),
+                snapshot.rules.rule_count(),
+                if warnings == 0 { String::new() } else { format!(", {warnings} warnings") }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            println!("{diags}");
+            let files: std::collections::HashSet<&str> = diags.errors().map(|d| &*d.file).collect();
+            let n = diags.error_count();
+            println!("{n} error{} in {} file{}", plural(n), files.len(), plural(files.len()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn explain(matches: &ArgMatches) -> ExitCode {
+    let options = match load_options(matches) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let paths: Vec<PathBuf> = matches.get_many::<PathBuf>("config").map(|v| v.cloned().collect()).unwrap_or_default();
+    let snapshot = match config::load(&ConfigSource::Paths(paths), &options, &LimitRegistry::new(), 1) {
+        Ok(s) => s,
+        Err(diags) => {
+            println!("{diags}");
+            println!("the rules do not load: {} error{}", diags.error_count(), plural(diags.error_count()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let domain_name = matches.get_one::<String>("domain").map(String::as_str).unwrap_or_default();
+    let Some(domain) = snapshot.rules.domain(domain_name) else {
+        let names: Vec<&str> = snapshot.rules.domains().iter().map(|d| &*d.name).collect();
+        println!(
+            "domain '{domain_name}' is not configured: every descriptor is OK with no limit (domains: {})",
+            names.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    };
+    for (i, text) in matches.get_many::<String>("descriptor").into_iter().flatten().enumerate() {
+        let entries: Vec<(String, String)> = text
+            .split(',')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (pair.to_string(), String::new()),
+            })
+            .collect();
+        println!("descriptor {}: {text}", i + 1);
+        let (rule, lines) = domain.explain(&entries);
+        for line in lines {
+            println!("  {line}");
+        }
+        for line in describe_outcome(domain, rule) {
+            println!("  => {line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// What applies to a descriptor that ended at `rule` (or at no rule).
+fn describe_outcome(domain: &Domain, rule: Option<&Rule>) -> Vec<String> {
+    let limits = |limits: &[Limit]| limits.iter().map(|l| describe_limit(&l.params)).collect::<Vec<_>>().join("; ");
+    let Some(rule) = rule else {
+        return vec![if domain.defaults().is_empty() {
+            "no rule matches: OK, no limit".to_string()
+        } else {
+            format!(
+                "no rule matches: the domain's default_limit applies, per distinct descriptor: {}",
+                limits(domain.defaults())
+            )
+        }];
+    };
+    let mut out = Vec::new();
+    if rule.unlimited {
+        out.push("unlimited: always OK".to_string());
+    } else if !rule.is_limited() && !rule.inherit_default {
+        out.push("no rate_limit: OK, never limited (a whitelist, or a rule that only groups child rules)".to_string());
+    } else {
+        if rule.is_limited() {
+            out.push(format!("limits: {}", limits(&rule.limits)));
+        }
+        if rule.inherit_default && !domain.defaults().is_empty() {
+            out.push(format!("and the domain's default_limit: {}", limits(domain.defaults())));
+        }
+        let shared: Vec<String> = rule.path.iter().filter(|l| l.share_threshold).map(|l| l.composite()).collect();
+        out.push(if shared.is_empty() {
+            "counted per distinct value of the descriptor".to_string()
+        } else {
+            format!("counted per distinct value, sharing one count for every value matching {}", shared.join(", "))
+        });
+    }
+    if let Some(name) = &rule.name {
+        out.push(format!("named '{name}'"));
+    }
+    if !rule.replaces.is_empty() {
+        out.push(format!("replaces: {}", rule.replaces.join(", ")));
+    }
+    if rule.shadow_mode {
+        out.push("shadow_mode: counted and reported, never rejected".to_string());
+    }
+    if rule.quota_mode {
+        out.push("quota_mode: rejects only when every quota descriptor of the request is over".to_string());
+    }
+    if rule.response.is_some() {
+        out.push("sends a custom response when it rejects".to_string());
+    }
+    out
+}
+
+/// `10 per minute (fixed_window)`, `250 per 7 days (token_bucket, burst 300)`.
+pub fn describe_limit(p: &LimitParams) -> String {
+    let unit = p.unit.name().to_ascii_lowercase();
+    let per = if p.unit_multiplier == 1 { unit } else { format!("{} {unit}s", p.unit_multiplier) };
+    let algorithm = match p.algorithm {
+        Algorithm::TokenBucket | Algorithm::LeakyBucket => format!("{}, burst {}", p.algorithm.name(), p.burst),
+        _ => p.algorithm.name().to_string(),
+    };
+    format!("{} per {per} ({algorithm})", p.requests_per_unit)
 }
 
 fn serve(matches: &ArgMatches) -> ExitCode {

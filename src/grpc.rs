@@ -67,7 +67,14 @@ impl RateLimitService for RlsService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         self.in_flight.fetch_add(1, Ordering::Acquire);
         let _in_flight = InFlight(&self.in_flight);
-        match self.limiter.should_rate_limit(request.get_ref()).await {
+        let stats = self.limiter.stats();
+        let started = stats.enabled().then(std::time::Instant::now);
+        let result = self.limiter.should_rate_limit(request.get_ref()).await;
+        if let Some(started) = started {
+            stats.total_requests.increment(1);
+            stats.response_time.record(started.elapsed().as_secs_f64());
+        }
+        match result {
             Ok(response) => Ok(Response::new(response)),
             Err(e) => Err(e.into()),
         }

@@ -6,9 +6,14 @@
 //!   OK, `429` over the limit, `400` with a one-line reason for a bad request, `503` when
 //!   the service cannot decide.
 //!
+//! - `/metrics`: Prometheus text exposition.
+//!
 //! Debug port (`DEBUG_PORT`):
 //! - `/`: this list of endpoints.
 //! - `/rlconfig`: one line per configured limit, as the reference prints it.
+//! - `/debug/config`: the loaded rules as JSON: files, domains, version, load time,
+//!   warnings and the last failed reload. Never a secret: no settings, no environment.
+//! - `/metrics`: as on the main port.
 //!
 //! Routers are plain functions of their state, so tests call them without a socket.
 
@@ -20,16 +25,20 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
+use crate::config::reload::Reloader;
 use crate::health::Health;
 use crate::service::{RateLimiter, ServiceError};
+use crate::stats::Stats;
 
 #[derive(Clone, Debug)]
 pub struct HttpState {
     pub limiter: Arc<RateLimiter>,
     pub health: Arc<Health>,
+    pub reloader: Arc<Reloader>,
+    pub stats: Arc<Stats>,
 }
 
 /// The main HTTP port's routes.
@@ -37,13 +46,78 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthcheck", any(healthcheck))
         .route("/json", any(json))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
 
 /// The debug port's routes.
 pub fn debug_router(state: HttpState) -> Router {
-    Router::new().route("/", any(index)).route("/rlconfig", any(rlconfig)).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/", any(index))
+        .route("/rlconfig", any(rlconfig))
+        .route("/debug/config", get(debug_config))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let body = state.stats.render();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// RFC 3339 UTC with milliseconds, for `/debug/config`.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // The civil date of a day count since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+async fn debug_config(State(state): State<HttpState>) -> Response {
+    use std::sync::atomic::Ordering;
+    let snapshot = state.reloader.config.load();
+    let status = &state.reloader.status;
+    let loaded = snapshot.as_deref().map(|s| {
+        serde_json::json!({
+            "version": s.version,
+            "loaded_at": rfc3339(s.loaded_at),
+            "files": s.files.iter().map(|f| serde_json::json!({"path": &*f.path, "domains": f.domains})).collect::<Vec<_>>(),
+            "domains": s.rules.domains().iter().map(|d| serde_json::json!({
+                "name": &*d.name,
+                "rules": d.rules().len(),
+                "default_limits": d.defaults().len(),
+            })).collect::<Vec<_>>(),
+            "warnings": s.warnings.0.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        })
+    });
+    let failure = status.last_failure().map(|f| serde_json::json!({"at": rfc3339(f.at), "errors": f.errors}));
+    let body = serde_json::json!({
+        "config": loaded,
+        "loads": {
+            "succeeded": status.succeeded.load(Ordering::Relaxed),
+            "failed": status.failed.load(Ordering::Relaxed),
+        },
+        "last_reload_error": failure,
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }
 
 async fn not_found() -> Response {
@@ -82,7 +156,11 @@ async fn json(State(state): State<HttpState>, body: Bytes) -> Response {
     }
 }
 
-const DEBUG_ENDPOINTS: &[(&str, &str)] = &[("/rlconfig", "print out the currently loaded configuration for debugging")];
+const DEBUG_ENDPOINTS: &[(&str, &str)] = &[
+    ("/debug/config", "the loaded rules as JSON: files, domains, version, load time, last reload error"),
+    ("/metrics", "Prometheus metrics"),
+    ("/rlconfig", "print out the currently loaded configuration for debugging"),
+];
 
 async fn index() -> Response {
     let mut body = String::new();

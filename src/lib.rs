@@ -23,6 +23,7 @@
 //!   `file:line:col`) into a [`config::ConfigSnapshot`].
 //! - [`settings`]: the reference's environment variables, each also a flag.
 //! - [`health`]: the components behind `/healthcheck` and gRPC health.
+//! - [`stats`]: the reference's stats as Prometheus metrics (and statsd).
 //! - [`app`]: start-up and shutdown; [`signal`]: SIGTERM and SIGINT.
 //! - [`cli`]: the command line `main` parses.
 
@@ -39,4 +40,5 @@ pub mod rules;
 pub mod service;
 pub mod settings;
 pub mod signal;
+pub mod stats;
 pub mod store;

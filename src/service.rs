@@ -20,7 +20,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus, RateLimit};
@@ -29,14 +28,13 @@ use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, ListValue, St
 use smallvec::SmallVec;
 
 use crate::clock::{Clock, Nanos};
-use crate::config::ConfigSnapshot;
 use crate::limiter::{LimitParams, Outcome, Unit};
-use crate::rules::{Domain, Rule};
+use crate::rules::{Domain, EntryView, Rule};
+use crate::stats::{Stats, StatsOptions};
 use crate::store::key::LimitIdentity;
 use crate::store::{Counter, Store};
 
-/// The rule snapshot requests read: swapped whole on reload, read without locks.
-pub type SharedConfig = Arc<ArcSwapOption<ConfigSnapshot>>;
+pub use crate::config::reload::SharedConfig;
 
 /// Why a request got no answer. The gRPC status for each is in [`ServiceError::code`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +139,7 @@ pub struct RateLimiter {
     store: Store,
     clock: Clock,
     options: ServiceOptions,
+    stats: Arc<Stats>,
 }
 
 /// What a descriptor matched, before counting.
@@ -205,8 +204,19 @@ struct Consumed<'a> {
 }
 
 impl RateLimiter {
+    /// A limiter with its own stats (the reference's default `NEAR_LIMIT_RATIO`).
     pub fn new(config: SharedConfig, store: Store, clock: Clock, options: ServiceOptions) -> Self {
-        RateLimiter { config, store, clock, options }
+        let stats = Stats::new(StatsOptions { near_limit_ratio: 0.8, ..StatsOptions::default() });
+        RateLimiter { config, store, clock, options, stats }
+    }
+
+    /// Records into `stats` instead.
+    pub fn with_stats(self, stats: Arc<Stats>) -> Self {
+        RateLimiter { stats, ..self }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     pub fn config(&self) -> &SharedConfig {
@@ -232,6 +242,14 @@ impl RateLimiter {
 
     /// The synchronous core (the memory store never waits).
     pub fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+        let result = self.decide_inner(request);
+        if result.is_err() && self.stats.enabled() {
+            self.stats.service_error.increment(1);
+        }
+        result
+    }
+
+    fn decide_inner(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         validate(request, &self.options.caps)?;
         let snapshot = self.config.load();
         let Some(snapshot) = snapshot.as_deref() else {
@@ -239,6 +257,9 @@ impl RateLimiter {
         };
         let now = self.clock.now();
         let domain = snapshot.rules.domain(&request.domain);
+        if domain.is_none() {
+            self.stats.domain_not_found(&request.domain, request.descriptors.len() as u64);
+        }
         let mut matched: SmallVec<[Matched<'_>; 8]> = request.descriptors.iter().map(|d| resolve(domain, d)).collect();
         apply_replaces(&mut matched);
 
@@ -319,6 +340,21 @@ impl RateLimiter {
             }
         }
         let Some((outcome, limit)) = reported else { return Verdict::ok() };
+        if self.stats.enabled() {
+            let series = match (matched, rule) {
+                (_, Some(rule)) if rule.detailed_metric || rule.path.iter().any(|l| l.value_to_metric) => {
+                    self.stats.for_values(value_stats_key(rule, &descriptor.entries))
+                }
+                (_, Some(rule)) => self.stats.for_rule(rule).clone(),
+                (Matched::Default(domain), None) => domain
+                    .default_stats
+                    .get_or_init(|| self.stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()]))
+                    .clone(),
+                _ => self.stats.for_values(override_stats_key(domain_name, &descriptor.entries)),
+            };
+            let shadow = rule.is_some_and(|r| r.shadow_mode);
+            series.record(&outcome, limit.params.requests_per_unit, hits, shadow, self.stats.near_limit_ratio());
+        }
         let quota = quota_by_setting || rule.is_some_and(|r| r.quota_mode);
         let mut verdict = Verdict {
             over_limit: outcome.over_limit,
@@ -370,6 +406,9 @@ impl RateLimiter {
         }
         if over && self.options.global_shadow_mode {
             response.overall_code = Code::Ok as i32;
+            if self.stats.enabled() {
+                self.stats.global_shadow_mode.increment(1);
+            }
         }
         if response.overall_code == Code::OverLimit as i32 {
             // The first rejecting descriptor whose rule has a custom answer gives it.
@@ -391,6 +430,37 @@ impl RateLimiter {
         }
         response
     }
+}
+
+/// The reference's stats key of a `detailed_metric` or `value_to_metric` rule, which
+/// names the request's values: a detailed rule shows every level's `key_value`; a
+/// `value_to_metric` level shows its value; `share_threshold` levels keep the pattern.
+fn value_stats_key<E: EntryView>(rule: &Rule, entries: &[E]) -> Vec<String> {
+    let mut parts = Vec::with_capacity(rule.path.len() + 1);
+    parts.push(rule.domain.to_string());
+    for (level, entry) in rule.path.iter().zip(entries) {
+        parts.push(if level.share_threshold {
+            level.composite()
+        } else if rule.detailed_metric || (level.value_to_metric && !entry.value().is_empty()) {
+            format!("{}_{}", entry.key(), entry.value())
+        } else if level.value_to_metric {
+            entry.key().to_string()
+        } else {
+            level.composite()
+        });
+    }
+    parts
+}
+
+/// The reference's stats key of a request's limit override: every entry, `key_value`.
+fn override_stats_key<E: EntryView>(domain: &str, entries: &[E]) -> Vec<String> {
+    let mut parts = vec![domain.to_string()];
+    parts.extend(
+        entries
+            .iter()
+            .map(|e| if e.value().is_empty() { e.key().to_string() } else { format!("{}_{}", e.key(), e.value()) }),
+    );
+    parts
 }
 
 /// Whether the request is OVER_LIMIT (before `SHADOW_MODE`): some non-quota descriptor is

@@ -16,6 +16,8 @@ use std::time::Duration;
 use crate::config::{ConfigSource, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
+use crate::stats::StatsOptions;
+use crate::stats::statsd::{Protocol, StatsdOptions};
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
 
 /// One setting: its environment variable, default and help. The flag is the variable
@@ -74,6 +76,12 @@ pub const SPECS: &[Spec] = &[
     spec("LOG_LEVEL", "WARN", "trace, debug, info, warn or error"),
     spec("LOG_FORMAT", "text", "text or json"),
     spec("USE_STATSD", "false", "Also send stats to statsd"),
+    spec("STATSD_HOST", "localhost", "statsd host"),
+    spec("STATSD_PORT", "8125", "statsd port"),
+    spec("STATSD_PROTOCOL", "tcp", "statsd transport: tcp (the reference's default) or udp"),
+    spec("STATS_FLUSH_INTERVAL", "10s", "How often stats go to statsd"),
+    spec("DISABLE_STATS", "false", "Record no stats (the /metrics series stay at zero)"),
+    spec("EXTRA_TAGS", "", "Labels on every series, as k1:v1,k2:v2"),
 ];
 
 /// Reference settings accepted for compatibility that change nothing here; setting one
@@ -82,9 +90,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("USE_PROMETHEUS", "Prometheus metrics are always served on /metrics"),
     ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
     ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
-    ("DISABLE_STATS", "stats are always kept in memory"),
-    ("STATS_FLUSH_INTERVAL", "not used"),
-    ("EXTRA_TAGS", "not supported"),
     ("USE_DOG_STATSD", "not supported"),
     ("GRPC_MAX_CONNECTION_AGE", "not supported"),
     ("GRPC_MAX_CONNECTION_AGE_GRACE", "not supported"),
@@ -190,12 +195,11 @@ pub struct Settings {
     pub memory_max_counters: usize,
     pub default_algorithm: Algorithm,
     pub service: ServiceOptions,
-    pub near_limit_ratio: f32,
+    pub stats: StatsOptions,
     pub healthy_with_at_least_one_config_loaded: bool,
     pub shutdown_grace_period: Duration,
     pub log_level: tracing::level_filters::LevelFilter,
     pub log_format: LogFormat,
-    pub use_statsd: bool,
     /// Warnings to log once logging is up (settings that do nothing, ignored layouts).
     pub warnings: Vec<String>,
 }
@@ -313,6 +317,20 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The settings a config load depends on (`MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`),
+/// for the commands that load rules without serving.
+pub fn build_options(source: &dyn Source) -> Result<crate::rules::BuildOptions, SettingsError> {
+    let mut r = Reader { source, errors: Vec::new() };
+    let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
+    let default_algorithm = r.parse("DEFAULT_ALGORITHM", |s| {
+        Algorithm::parse(s).ok_or_else(|| "expected fixed_window, sliding_window, token_bucket or leaky_bucket".into())
+    });
+    if !r.errors.is_empty() {
+        return Err(SettingsError(r.errors));
+    }
+    Ok(crate::rules::BuildOptions { merge_domains, default_algorithm })
+}
+
 impl Settings {
     /// Parses every setting from `source`. `config_paths` are the `--config` arguments.
     pub fn parse(source: &dyn Source, config_paths: Vec<PathBuf>) -> Result<Settings, SettingsError> {
@@ -421,6 +439,38 @@ impl Settings {
             _ => Err("expected text or json".into()),
         });
         let use_statsd = r.boolean("USE_STATSD");
+        let statsd_host = r.string("STATSD_HOST");
+        let statsd_port = r.parse("STATSD_PORT", parse_port);
+        let statsd_protocol = r.parse("STATSD_PROTOCOL", |s| match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err("expected tcp or udp".into()),
+        });
+        let flush_interval = r.parse("STATS_FLUSH_INTERVAL", |s| match parse_duration(s) {
+            Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+            Ok(_) => Err("expected at least 100ms".into()),
+            Err(e) => Err(e),
+        });
+        let extra_tags = r.parse("EXTRA_TAGS", |s| {
+            s.split(',')
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| match t.split_once(':') {
+                    Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+                    _ => Err(format!("expected k1:v1,k2:v2, not {t:?}")),
+                })
+                .collect()
+        });
+        let stats = StatsOptions {
+            disabled: r.boolean("DISABLE_STATS"),
+            near_limit_ratio,
+            extra_tags,
+            statsd: use_statsd.then_some(StatsdOptions {
+                host: statsd_host,
+                port: statsd_port,
+                protocol: statsd_protocol,
+                flush_interval,
+            }),
+        };
 
         for (name, why) in IGNORED {
             if r.is_set(name) {
@@ -442,12 +492,11 @@ impl Settings {
             memory_max_counters,
             default_algorithm,
             service,
-            near_limit_ratio,
+            stats,
             healthy_with_at_least_one_config_loaded,
             shutdown_grace_period,
             log_level,
             log_format,
-            use_statsd,
             warnings,
         })
     }
@@ -488,10 +537,10 @@ mod tests {
         assert_eq!(s.debug, ("0.0.0.0".into(), 6070));
         assert_eq!(s.backend, Backend::Memory);
         assert_eq!(s.shutdown_grace_period, Duration::from_secs(5));
-        assert_eq!(s.near_limit_ratio, 0.8);
+        assert_eq!(s.stats.near_limit_ratio, 0.8);
         assert_eq!(s.memory_max_counters, DEFAULT_MAX_COUNTERS);
         assert!(s.service.response_headers.is_none());
-        assert!(!s.use_statsd);
+        assert!(s.stats.statsd.is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod diag;
 pub mod limit_string;
+pub mod reload;
 pub mod schema;
 pub mod yaml;
 

@@ -52,6 +52,7 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
             children: Vec::new(),
             root: Children::default(),
             defaults: Box::default(),
+            default_stats: std::sync::OnceLock::new(),
         });
         let algorithm = doc.algorithm.unwrap_or(options.default_algorithm);
         let mut builder = Builder { domain, registry, file: &doc.file, diags, algorithm };
@@ -184,6 +185,7 @@ impl Builder<'_> {
                 headers: r.headers.iter().map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str()))).collect(),
             }),
             inherit_default: def.inherit_default,
+            stats: std::sync::OnceLock::new(),
         }
     }
 

@@ -99,6 +99,8 @@ pub struct Domain {
     /// `default_limit`: counted per distinct descriptor for descriptors that match no
     /// rule, and added to the limits of rules with `inherit_default`.
     defaults: Box<[Limit]>,
+    /// The stats series of descriptors counted only by the defaults.
+    pub default_stats: std::sync::OnceLock<std::sync::Arc<crate::stats::RuleStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +138,60 @@ impl Domain {
             children = &self.children[index as usize];
         }
         None
+    }
+
+    /// Walks the tree like [`Domain::find`], saying at each level what matched and how,
+    /// or why nothing did: the heart of `sluicegate explain`.
+    pub fn explain<E: EntryView>(&self, entries: &[E]) -> (Option<&Rule>, Vec<String>) {
+        let mut lines = Vec::new();
+        let Some(last) = entries.len().checked_sub(1) else {
+            lines.push("the descriptor has no entries".into());
+            return (None, lines);
+        };
+        let mut children = &self.root;
+        for (depth, entry) in entries.iter().enumerate() {
+            let level = depth + 1;
+            let (key, value) = (entry.key(), entry.value());
+            let Some(same_key) = children.by_key.get(key) else {
+                let mut keys: Vec<&str> = children.by_key.keys().map(|k| &**k).collect();
+                keys.sort_unstable();
+                lines.push(if keys.is_empty() {
+                    format!("level {level}: ({key}, {value}): the rule above has no child rules")
+                } else {
+                    format!("level {level}: ({key}, {value}): no rule has key '{key}' here (keys: {})", keys.join(", "))
+                });
+                return (None, lines);
+            };
+            let found = if let Some(&i) = same_key.exact.get(value) {
+                Some((i, "the exact value".to_string()))
+            } else if let Some((p, i)) = same_key.patterns.iter().find(|(p, _)| p.matches(value)) {
+                Some((*i, format!("the pattern '{}'", p.as_str())))
+            } else {
+                same_key.any.map(|i| (i, "the key-only rule (any value)".to_string()))
+            };
+            let Some((index, how)) = found else {
+                let mut values: Vec<&str> = same_key.exact.keys().map(|v| &**v).collect();
+                values.extend(same_key.patterns.iter().map(|(p, _)| p.as_str()));
+                values.sort_unstable();
+                lines.push(format!(
+                    "level {level}: ({key}, {value}): no rule for this value and no key-only rule for '{key}' (values: {})",
+                    values.join(", ")
+                ));
+                return (None, lines);
+            };
+            let rule = &self.rules[index as usize];
+            lines.push(format!(
+                "level {level}: ({key}, {value}) matched {how}: {} ({}:{})",
+                rule.describe(),
+                rule.file,
+                rule.pos
+            ));
+            if depth == last {
+                return (Some(rule), lines);
+            }
+            children = &self.children[index as usize];
+        }
+        (None, lines)
     }
 
     /// Every rule of the domain, in file order.
@@ -197,6 +253,8 @@ pub struct Rule {
     pub response: Option<CustomResponse>,
     /// The domain's default limits apply too.
     pub inherit_default: bool,
+    /// This rule's stats series, resolved on first use (see `stats::Stats::for_rule`).
+    pub stats: std::sync::OnceLock<std::sync::Arc<crate::stats::RuleStats>>,
 }
 
 /// A rule's custom answer for rejected requests: Envoy sends it with the 429.

@@ -1,0 +1,266 @@
+//! Loading rule snapshots, and reloading them when the files change.
+//!
+//! Owns the life of the live rule set after start-up. A [`Reloader`] loads every file
+//! afresh off the request path and swaps the result in whole ([`SharedConfig`] is an
+//! `ArcSwap`), so a request sees the old rules or the new ones, never a mix. A load with
+//! any error keeps the previous rules, logs every error with its position, and is
+//! remembered for `/debug/config`.
+//!
+//! [`watch`] follows the files with `notify` (inotify): every `--config` path (a file's
+//! directory, so an editor's or Kubernetes' atomic rename is seen), or the reference
+//! layout's config directory and the parent of `RUNTIME_ROOT` (its symlink swap).
+//! Events are debounced (a burst of changes is one reload, within about a second) and
+//! the watches are re-armed after every reload, because a ConfigMap's `..data` swap or a
+//! new `RUNTIME_ROOT` target replaces the directories being watched.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch as signal};
+
+use super::diag::Diagnostics;
+use super::{ConfigSnapshot, ConfigSource};
+use crate::health::Health;
+use crate::rules::{BuildOptions, LimitRegistry};
+
+/// The rule snapshot requests read: swapped whole on reload, read without locks.
+pub type SharedConfig = Arc<ArcSwapOption<ConfigSnapshot>>;
+
+/// How long the files must be quiet before a reload, and the longest a burst of changes
+/// can put one off.
+const QUIET: Duration = Duration::from_millis(200);
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Loads rule snapshots for one source, numbering the successful ones.
+#[derive(Debug)]
+pub struct ConfigLoader {
+    pub source: ConfigSource,
+    pub options: BuildOptions,
+    pub registry: Arc<LimitRegistry>,
+    versions: AtomicU64,
+}
+
+impl ConfigLoader {
+    pub fn new(source: ConfigSource, options: BuildOptions, registry: Arc<LimitRegistry>) -> Self {
+        ConfigLoader { source, options, registry, versions: AtomicU64::new(0) }
+    }
+
+    /// Loads every file afresh; the version counts successful loads.
+    pub fn load(&self) -> Result<ConfigSnapshot, Diagnostics> {
+        let next = self.versions.load(Ordering::Acquire) + 1;
+        let snapshot = super::load(&self.source, &self.options, &self.registry, next)?;
+        self.versions.store(next, Ordering::Release);
+        Ok(snapshot)
+    }
+}
+
+/// The last failed load, for `/debug/config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadFailure {
+    pub at: SystemTime,
+    pub errors: Vec<String>,
+}
+
+/// What happened to loads so far.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// The most recent failure, cleared by the next success.
+    last_failure: Mutex<Option<LoadFailure>>,
+}
+
+impl ReloadStatus {
+    pub fn last_failure(&self) -> Option<LoadFailure> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Hooks a load's outcome into the rest of the service (metrics, mostly).
+pub trait LoadObserver: Send + Sync + std::fmt::Debug {
+    fn loaded(&self, snapshot: &ConfigSnapshot);
+    fn failed(&self, errors: &Diagnostics);
+}
+
+/// Loads the rules into the shared snapshot, at start-up and on every change.
+#[derive(Debug)]
+pub struct Reloader {
+    pub loader: ConfigLoader,
+    pub config: SharedConfig,
+    pub health: Arc<Health>,
+    pub status: ReloadStatus,
+    pub observer: Option<Arc<dyn LoadObserver>>,
+}
+
+impl Reloader {
+    /// Loads the files and, if every one is fine, swaps the new rules in. Returns the
+    /// errors of a failed load (the previous rules stay).
+    pub fn reload(&self) -> Result<(), Diagnostics> {
+        match self.loader.load() {
+            Ok(snapshot) => {
+                for w in snapshot.warnings.warnings() {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(
+                    version = snapshot.version,
+                    files = snapshot.files.len(),
+                    domains = snapshot.rules.domains().len(),
+                    rules = snapshot.rules.rule_count(),
+                    "loaded the rate limit configuration"
+                );
+                if let Some(o) = &self.observer {
+                    o.loaded(&snapshot);
+                }
+                self.health.set_config_loaded(snapshot.rules.domains().len());
+                self.config.store(Some(Arc::new(snapshot)));
+                self.status.succeeded.fetch_add(1, Ordering::Relaxed);
+                *self.status.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
+            Err(diags) => {
+                for d in diags.errors() {
+                    tracing::error!("Error loading new configuration: {d}");
+                }
+                for d in diags.warnings() {
+                    tracing::warn!("{d}");
+                }
+                let kept = self.config.load().as_ref().map(|s| s.version);
+                tracing::error!(
+                    errors = diags.error_count(),
+                    kept_version = kept,
+                    "the configuration did not load; the previous rules stay in force"
+                );
+                if let Some(o) = &self.observer {
+                    o.failed(&diags);
+                }
+                self.status.failed.fetch_add(1, Ordering::Relaxed);
+                *self.status.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(LoadFailure {
+                    at: SystemTime::now(),
+                    errors: diags.errors().map(|d| d.to_string()).collect(),
+                });
+                Err(diags)
+            }
+        }
+    }
+}
+
+/// What to watch for a source: directories, and whether to watch inside them.
+pub fn watch_targets(source: &ConfigSource) -> Vec<(PathBuf, RecursiveMode)> {
+    let mut targets = Vec::new();
+    let mut add = |path: &Path, recursive: bool| {
+        // A path that does not exist (yet) is watched through its nearest existing
+        // ancestor, so its creation triggers a reload.
+        let mut at = path.to_path_buf();
+        let mut mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+        while !at.exists() {
+            match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent.to_path_buf(),
+                _ => {
+                    at = PathBuf::from(".");
+                    break;
+                }
+            }
+            mode = RecursiveMode::NonRecursive;
+        }
+        targets.push((at, mode));
+    };
+    match source {
+        ConfigSource::Paths(paths) => {
+            for p in paths {
+                if p.is_dir() {
+                    add(p, true);
+                } else {
+                    // A file's directory: renames over the file replace its inode.
+                    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    add(parent, false);
+                }
+            }
+        }
+        ConfigSource::Runtime(layout) => {
+            add(&layout.config_dir(), true);
+            // RUNTIME_ROOT is often a symlink swapped to a new directory: watch where it
+            // lives. (The reference reloads on nothing else in this mode; we reload on
+            // in-place edits too.)
+            if let Some(parent) = layout.root.parent().filter(|d| !d.as_os_str().is_empty()) {
+                add(parent, false);
+            }
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// Whether an event could change what a load reads (not our own reads of the files).
+fn changes_files(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
+}
+
+/// Follows the files and reloads on every change until `stop` turns true.
+pub async fn watch(reloader: Arc<Reloader>, mut stop: signal::Receiver<bool>) {
+    let (tx, mut events) = mpsc::unbounded_channel::<()>();
+    let make_watcher = || {
+        let tx = tx.clone();
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if changes_files(&e.kind) => {
+                let _ = tx.send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "file watch error"),
+        })
+    };
+    let mut watcher = match make_watcher() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the rule files; changes will not be reloaded");
+            return;
+        }
+    };
+    arm(&mut watcher, &reloader.loader.source);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            got = events.recv() => if got.is_none() { return },
+        }
+        // Debounce: wait for a quiet moment, but not forever.
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            let quiet = tokio::time::sleep(QUIET);
+            tokio::select! {
+                _ = quiet => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                got = events.recv() => if got.is_none() { return },
+            }
+        }
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        // Directories may have been replaced (a ConfigMap's ..data swap, a new
+        // RUNTIME_ROOT target): watch what is there now.
+        match make_watcher() {
+            Ok(mut fresh) => {
+                arm(&mut fresh, &reloader.loader.source);
+                // The old watches go only now, so no change falls between the two sets.
+                drop(std::mem::replace(&mut watcher, fresh));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-arm the file watches"),
+        }
+    }
+}
+
+fn arm(watcher: &mut impl Watcher, source: &ConfigSource) {
+    for (path, mode) in watch_targets(source) {
+        match watcher.watch(&path, mode) {
+            Ok(()) => tracing::debug!(path = %path.display(), ?mode, "watching for rule changes"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot watch for rule changes"),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Statistics: the reference's stats, as Prometheus metrics (and statsd lines).
+//!
+//! Owns every metric the service records and their names. Families and labels follow the
+//! reference's Prometheus mapping:
+//!
+//! - `ratelimit_service_rate_limit_{total_hits,over_limit,near_limit,within_limit,shadow_mode}`
+//!   with `domain`, `key1` and, for deeper keys, `key2` (the remaining levels, dot-joined);
+//! - `ratelimit_service_rate_limit_domain_not_found{domain}`;
+//! - `ratelimit_service_config_load_success`, `ratelimit_service_config_load_error`;
+//! - `ratelimit_service_should_rate_limit_error{err_type}`;
+//! - `ratelimit_service_total_requests{grpc_method}` and the
+//!   `ratelimit_service_response_time_seconds{grpc_method}` histogram;
+//! - `ratelimit_service_global_shadow_mode`;
+//!
+//! plus sluicegate's own `sluicegate_*` gauges and counters (live counters, evictions,
+//! the loaded config's version and load time).
+//!
+//! Recording is cheap: a rule's series are resolved once (the handles hang off the rule)
+//! and a hit is a few relaxed atomic adds. Cardinality is bounded: series keyed by request
+//! values (`detailed_metric`, `value_to_metric`, request overrides, unknown domains) are
+//! capped at [`MAX_VALUE_SERIES`]; past the cap they are counted under a `__folded__` key.
+//!
+//! This module decides nothing; it only counts what `service` tells it.
+
+pub mod statsd;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::limiter::Outcome;
+use crate::rules::Rule;
+
+/// The most series keyed by request values (all of them together).
+pub const MAX_VALUE_SERIES: usize = 10_000;
+
+/// What replaces the key of a series past the cap.
+pub const FOLDED: &str = "__folded__";
+
+const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// The response-time histogram's buckets, in seconds.
+const RESPONSE_TIME_BUCKETS: &[f64] =
+    &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+/// How the stats are set up (from settings).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsOptions {
+    /// `DISABLE_STATS`: record nothing (the series still render, at zero).
+    pub disabled: bool,
+    /// `NEAR_LIMIT_RATIO`.
+    pub near_limit_ratio: f32,
+    /// `EXTRA_TAGS`: labels on every series (and a `.__k=v` suffix in statsd).
+    pub extra_tags: Vec<(String, String)>,
+    /// Also send to statsd.
+    pub statsd: Option<statsd::StatsdOptions>,
+}
+
+/// One rule's (or one stats key's) five counters.
+#[derive(Debug)]
+pub struct RuleStats {
+    total_hits: Counter,
+    over_limit: Counter,
+    near_limit: Counter,
+    within_limit: Counter,
+    shadow_mode: Counter,
+}
+
+impl RuleStats {
+    /// Records one descriptor's decision, with the reference's arithmetic (its
+    /// `base_limiter`): hits between the near-limit threshold and the limit are "near",
+    /// hits past the limit are "over", a shadow rule's over-limit hits are "shadow".
+    pub fn record(&self, outcome: &Outcome, limit: u32, hits: u64, shadow: bool, near_ratio: f32) {
+        if hits == 0 {
+            return;
+        }
+        let limit = u64::from(limit);
+        let near = (limit as f64 * f64::from(near_ratio)).floor() as u64;
+        let (before, after) = (outcome.before, outcome.after);
+        self.total_hits.increment(hits);
+        if outcome.over_limit {
+            if before >= limit {
+                self.over_limit.increment(hits);
+            } else {
+                self.over_limit.increment(after.saturating_sub(limit));
+                self.near_limit.increment(limit.saturating_sub(near.max(before)));
+            }
+            if shadow {
+                self.shadow_mode.increment(if before >= limit { hits } else { after.saturating_sub(limit) });
+            }
+        } else {
+            self.within_limit.increment(hits);
+            if after > near {
+                self.near_limit.increment(if before >= near { hits } else { after - near });
+            }
+        }
+    }
+}
+
+/// Every metric, registered with the Prometheus recorder (and statsd, if enabled).
+pub struct Stats {
+    recorder: Box<dyn Recorder + Send + Sync>,
+    prometheus: PrometheusHandle,
+    options: StatsOptions,
+    pub config_load_success: Counter,
+    pub config_load_error: Counter,
+    pub service_error: Counter,
+    pub backend_error: Counter,
+    pub total_requests: Counter,
+    pub response_time: Histogram,
+    pub global_shadow_mode: Counter,
+    pub counters_live: Gauge,
+    pub counter_evictions: Counter,
+    pub counters_reclaimed: Counter,
+    pub config_version: Gauge,
+    pub config_loaded_at: Gauge,
+    /// Rule series by stats key: reused across reloads, so a rule's counts continue.
+    rules: Mutex<HashMap<Vec<String>, Arc<RuleStats>>>,
+    /// Series keyed by request values, capped at [`MAX_VALUE_SERIES`].
+    values: papaya::HashMap<Box<[String]>, Arc<RuleStats>, foldhash::fast::RandomState>,
+    value_series: AtomicUsize,
+    domains_not_found: papaya::HashMap<Box<str>, Counter, foldhash::fast::RandomState>,
+    /// Flushes statsd, if enabled (kept so the task lives as long as the stats).
+    pub statsd: Option<Arc<statsd::StatsdSink>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
+    pairs.iter().map(|(k, v)| Label::new(k.to_string(), v.to_string())).collect()
+}
+
+impl Stats {
+    pub fn new(options: StatsOptions) -> Arc<Stats> {
+        let mut builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("ratelimit_service_response_time_seconds".into()),
+                RESPONSE_TIME_BUCKETS,
+            )
+            .expect("the bucket list is not empty");
+        for (k, v) in &options.extra_tags {
+            builder = builder.add_global_label(k.clone(), v.clone());
+        }
+        let prometheus = builder.build_recorder();
+        let handle = prometheus.handle();
+        let statsd = options.statsd.clone().map(|o| Arc::new(statsd::StatsdSink::new(o, &options.extra_tags)));
+        let recorder: Box<dyn Recorder + Send + Sync> = match &statsd {
+            Some(sink) => Box::new(statsd::Both(prometheus, statsd::StatsdRecorder(sink.clone()))),
+            None => Box::new(prometheus),
+        };
+        let counter = |name: &'static str, l: &[(&str, &str)]| {
+            recorder.register_counter(&Key::from_parts(name, labels(l)), &METADATA)
+        };
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &METADATA);
+        let method = [("grpc_method", "ShouldRateLimit")];
+        let stats = Stats {
+            config_load_success: counter("ratelimit_service_config_load_success", &[]),
+            config_load_error: counter("ratelimit_service_config_load_error", &[]),
+            service_error: counter("ratelimit_service_should_rate_limit_error", &[("err_type", "service_error")]),
+            backend_error: counter("ratelimit_service_should_rate_limit_error", &[("err_type", "redis_error")]),
+            total_requests: counter("ratelimit_service_total_requests", &method),
+            response_time: recorder.register_histogram(
+                &Key::from_parts("ratelimit_service_response_time_seconds", labels(&method)),
+                &METADATA,
+            ),
+            global_shadow_mode: counter("ratelimit_service_global_shadow_mode", &[]),
+            counters_live: gauge("sluicegate_memory_counters"),
+            counter_evictions: counter("sluicegate_memory_counter_evictions_total", &[]),
+            counters_reclaimed: counter("sluicegate_memory_counters_reclaimed_total", &[]),
+            config_version: gauge("sluicegate_config_version"),
+            config_loaded_at: gauge("sluicegate_config_loaded_at_seconds"),
+            recorder,
+            prometheus: handle,
+            options,
+            rules: Mutex::new(HashMap::new()),
+            values: papaya::HashMap::builder().hasher(Default::default()).build(),
+            value_series: AtomicUsize::new(0),
+            domains_not_found: papaya::HashMap::builder().hasher(Default::default()).build(),
+            statsd,
+        };
+        for (name, help) in [
+            ("ratelimit_service_rate_limit_total_hits", "Hits (sum of hits_addend) counted against a rule"),
+            ("ratelimit_service_rate_limit_over_limit", "Hits past a rule's limit"),
+            (
+                "ratelimit_service_rate_limit_near_limit",
+                "Hits between NEAR_LIMIT_RATIO of a rule's limit and the limit",
+            ),
+            ("ratelimit_service_rate_limit_within_limit", "Hits of OK answers"),
+            ("ratelimit_service_rate_limit_shadow_mode", "Over-limit hits a shadow-mode rule let through"),
+            ("ratelimit_service_rate_limit_domain_not_found", "Descriptors of requests for an unknown domain"),
+            ("ratelimit_service_config_load_success", "Rule loads that succeeded"),
+            ("ratelimit_service_config_load_error", "Rule loads that failed (the previous rules stayed)"),
+            ("ratelimit_service_should_rate_limit_error", "Calls answered with an error, by kind"),
+            ("ratelimit_service_total_requests", "gRPC calls"),
+            ("ratelimit_service_global_shadow_mode", "Answers SHADOW_MODE turned from OVER_LIMIT to OK"),
+            ("sluicegate_memory_counter_evictions_total", "Counters evicted because MEMORY_MAX_COUNTERS was reached"),
+            ("sluicegate_memory_counters_reclaimed_total", "Counters dropped because their window ended"),
+        ] {
+            stats.recorder.describe_counter(name.into(), None, help.into());
+        }
+        stats.recorder.describe_histogram(
+            "ratelimit_service_response_time_seconds".into(),
+            Some(metrics::Unit::Seconds),
+            "Time to answer a ShouldRateLimit call".into(),
+        );
+        for (name, help) in [
+            ("sluicegate_memory_counters", "Live counters in memory"),
+            ("sluicegate_config_version", "Version of the loaded rules (counts successful loads)"),
+            ("sluicegate_config_loaded_at_seconds", "Unix time the loaded rules were loaded"),
+        ] {
+            stats.recorder.describe_gauge(name.into(), None, help.into());
+        }
+        Arc::new(stats)
+    }
+
+    pub fn near_limit_ratio(&self) -> f32 {
+        self.options.near_limit_ratio
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.options.disabled
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        self.prometheus.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run every few seconds.
+    pub fn upkeep(&self) {
+        self.prometheus.run_upkeep();
+    }
+
+    fn register(&self, parts: &[String]) -> RuleStats {
+        let (domain, key1, key2) = match parts {
+            [] => ("", String::new(), None),
+            [domain] => (domain.as_str(), String::new(), None),
+            [domain, key1] => (domain.as_str(), key1.clone(), None),
+            [domain, key1, rest @ ..] => (domain.as_str(), key1.clone(), Some(rest.join("."))),
+        };
+        let mut l = vec![("domain", domain), ("key1", key1.as_str())];
+        if let Some(key2) = &key2 {
+            l.push(("key2", key2.as_str()));
+        }
+        let counter = |stat: &'static str| {
+            let name = match stat {
+                "total_hits" => "ratelimit_service_rate_limit_total_hits",
+                "over_limit" => "ratelimit_service_rate_limit_over_limit",
+                "near_limit" => "ratelimit_service_rate_limit_near_limit",
+                "within_limit" => "ratelimit_service_rate_limit_within_limit",
+                _ => "ratelimit_service_rate_limit_shadow_mode",
+            };
+            self.recorder.register_counter(&Key::from_parts(name, labels(&l)), &METADATA)
+        };
+        RuleStats {
+            total_hits: counter("total_hits"),
+            over_limit: counter("over_limit"),
+            near_limit: counter("near_limit"),
+            within_limit: counter("within_limit"),
+            shadow_mode: counter("shadow_mode"),
+        }
+    }
+
+    /// The series of a rule's default stats key, resolved once and kept on the rule.
+    pub fn for_rule<'r>(&self, rule: &'r Rule) -> &'r Arc<RuleStats> {
+        rule.stats.get_or_init(|| {
+            let mut parts = vec![rule.domain.to_string()];
+            parts.extend(rule.path.iter().map(|l| l.composite()));
+            self.keyed(parts)
+        })
+    }
+
+    /// The series of a stats key, shared by every rule that has it (and across reloads).
+    pub fn keyed(&self, parts: Vec<String>) -> Arc<RuleStats> {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = rules.get(&parts) {
+            return s.clone();
+        }
+        let s = Arc::new(self.register(&parts));
+        rules.insert(parts, s.clone());
+        s
+    }
+
+    /// The series of a stats key made from request values, within the cap: past it the
+    /// key's levels become [`FOLDED`] (one series per domain).
+    pub fn for_values(&self, parts: Vec<String>) -> Arc<RuleStats> {
+        let values = self.values.pin();
+        if let Some(s) = values.get(&parts[..]) {
+            return s.clone();
+        }
+        if self.value_series.fetch_add(1, Ordering::Relaxed) >= MAX_VALUE_SERIES {
+            self.value_series.fetch_sub(1, Ordering::Relaxed);
+            let domain = parts.first().cloned().unwrap_or_default();
+            return self.keyed(vec![domain, FOLDED.to_string()]);
+        }
+        let s = Arc::new(self.register(&parts));
+        values.get_or_insert(parts.into_boxed_slice(), s).clone()
+    }
+
+    /// Counts descriptors of a request for a domain that has no rules.
+    pub fn domain_not_found(&self, domain: &str, descriptors: u64) {
+        if self.options.disabled {
+            return;
+        }
+        let map = self.domains_not_found.pin();
+        let counter = match map.get(domain) {
+            Some(c) => c.clone(),
+            None => {
+                let folded = map.len() >= MAX_VALUE_SERIES;
+                let shown = if folded { FOLDED } else { domain };
+                let c = self.recorder.register_counter(
+                    &Key::from_parts("ratelimit_service_rate_limit_domain_not_found", labels(&[("domain", shown)])),
+                    &METADATA,
+                );
+                if folded { c } else { map.get_or_insert(domain.into(), c).clone() }
+            }
+        };
+        counter.increment(descriptors);
+    }
+
+    /// Sets the gauges that describe the loaded rules.
+    pub fn config_loaded(&self, version: u64, loaded_at: std::time::SystemTime) {
+        self.config_load_success.increment(1);
+        self.config_version.set(version as f64);
+        let at = loaded_at.duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        self.config_loaded_at.set(at.as_secs_f64());
+    }
+}
+
+/// A rule load's outcome, counted.
+impl crate::config::reload::LoadObserver for Stats {
+    fn loaded(&self, snapshot: &crate::config::ConfigSnapshot) {
+        self.config_loaded(snapshot.version, snapshot.loaded_at);
+    }
+
+    fn failed(&self, _errors: &crate::config::diag::Diagnostics) {
+        self.config_load_error.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Nanos;
+
+    fn outcome(over: bool, before: u64, after: u64) -> Outcome {
+        Outcome { over_limit: over, before, after, remaining: 0, reset_after: Nanos(0) }
+    }
+
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn near_and_over_limit_follow_the_reference_arithmetic() {
+        let stats = Stats::new(StatsOptions { near_limit_ratio: 0.8, ..Default::default() });
+        let s = stats.keyed(vec!["d".into(), "k".into()]);
+        // Reference L6: limit 15, counts 11, 13, 16 (near threshold 12).
+        s.record(&outcome(false, 10, 11), 15, 1, false, 0.8);
+        s.record(&outcome(false, 12, 13), 15, 1, false, 0.8);
+        s.record(&outcome(true, 15, 16), 15, 1, false, 0.8);
+        // Reference L10/L11: limit 20, addends 3 and 7 ending at 22 (near threshold 16).
+        let t = stats.keyed(vec!["d".into(), "t".into()]);
+        t.record(&outcome(true, 19, 22), 20, 3, false, 0.8);
+        t.record(&outcome(true, 15, 22), 20, 7, false, 0.8);
+        let text = stats.render();
+        let series =
+            |stat: &str, key1: &str| format!("ratelimit_service_rate_limit_{stat}{{domain=\"d\",key1=\"{key1}\"}}");
+        assert_eq!(value(&text, &series("total_hits", "k")), 3);
+        assert_eq!(value(&text, &series("near_limit", "k")), 1);
+        assert_eq!(value(&text, &series("over_limit", "k")), 1);
+        assert_eq!(value(&text, &series("within_limit", "k")), 2);
+        assert_eq!(value(&text, &series("over_limit", "t")), 4);
+        assert_eq!(value(&text, &series("near_limit", "t")), 1 + 4);
+    }
+
+    #[test]
+    fn series_keyed_by_values_are_capped_and_folded() {
+        let stats = Stats::new(StatsOptions::default());
+        for i in 0..MAX_VALUE_SERIES + 5 {
+            stats.for_values(vec!["d".into(), format!("user_{i}")]).total_hits.increment(1);
+        }
+        let text = stats.render();
+        assert_eq!(value(&text, "ratelimit_service_rate_limit_total_hits{domain=\"d\",key1=\"__folded__\"}"), 5);
+        assert_eq!(text.matches("ratelimit_service_rate_limit_total_hits{").count(), MAX_VALUE_SERIES + 1);
+    }
+
+    #[test]
+    fn deep_keys_put_the_levels_after_the_first_in_key2() {
+        let stats = Stats::new(StatsOptions::default());
+        stats.keyed(vec!["d".into(), "a_1".into(), "b".into(), "c_2".into()]).total_hits.increment(2);
+        let text = stats.render();
+        assert_eq!(
+            value(&text, "ratelimit_service_rate_limit_total_hits{domain=\"d\",key1=\"a_1\",key2=\"b.c_2\"}"),
+            2,
+            "{text}"
+        );
+    }
+}
