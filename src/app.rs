@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config;
 use crate::config::diag::Diagnostics;
-use crate::config::reload::{ConfigLoader, ReloadStatus, Reloader};
+use crate::config::reload::{ConfigLoader, ReloadStatus, Reloader, Watching};
 use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
@@ -88,6 +88,7 @@ pub struct Server;
 #[derive(Debug)]
 pub struct Started {
     pub shared: Shared,
+    watching: Watching,
     settings: Settings,
     grpc_listeners: Vec<GrpcListener>,
     http_listener: std::net::TcpListener,
@@ -122,6 +123,8 @@ impl Server {
         });
         let health = reloader.health.clone();
         let config = reloader.config.clone();
+        // Watch first, load second: a change during the load still reloads.
+        let watching = Watching::arm(&settings.config_source);
         if let Err(diags) = reloader.reload() {
             if !settings.force_start_without_initial_config {
                 return Err(StartError::Config(diags));
@@ -156,6 +159,7 @@ impl Server {
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
             shared: Shared { limiter, health, reloader, stats, memory },
+            watching,
             settings,
             grpc_listeners,
             http_listener,
@@ -229,7 +233,8 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
 impl Started {
     /// Serves until `shutdown` completes, then drains as SPEC §7 says and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Started { shared, settings, grpc_listeners, http_listener, debug_listener, grpc_addr: _, .. } = self;
+        let Started { shared, watching, settings, grpc_listeners, http_listener, debug_listener, grpc_addr: _, .. } =
+            self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (reporter, health_server) = tonic_health::server::health_reporter();
@@ -255,7 +260,7 @@ impl Started {
         let http = serve_http(http_listener, http::router(state.clone()), stop_rx.clone())?;
         let debug = serve_http(debug_listener, http::debug_router(state), stop_rx.clone())?;
         let mut background = vec![
-            tokio::spawn(config::reload::watch(shared.reloader.clone(), stop_rx.clone())),
+            tokio::spawn(config::reload::watch(shared.reloader.clone(), watching, stop_rx.clone())),
             tokio::spawn(upkeep_loop(shared.stats.clone(), stop_rx.clone())),
         ];
         if let Some(memory) = shared.memory.clone() {

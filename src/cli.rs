@@ -317,8 +317,9 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shutdown = crate::signal::shutdown();
         let started = Server::start(settings)?;
-        started.run(crate::signal::shutdown()).await
+        started.run(shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

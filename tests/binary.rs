@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::process::{reference_env, sigterm, sluicegate, spawn, wait_exit};
 use common::{TempDir, connect, http, request};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
@@ -27,82 +25,6 @@ descriptors:
   - key: key2
     rate_limit: {unit: minute, requests_per_unit: 20}
 "#;
-
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    debug: SocketAddr,
-}
-
-fn sluicegate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluicegate"))
-}
-
-fn address_in(line: &str, prefix: &str) -> Option<SocketAddr> {
-    let rest = line.split(prefix).nth(1)?;
-    rest.split('\'').next()?.parse().ok()
-}
-
-/// Starts the binary and waits for its three "Listening" lines.
-fn spawn(mut command: Command) -> Running {
-    let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let (mut grpc, mut http, mut debug) = (None, None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while grpc.is_none() || http.is_none() || debug.is_none() {
-        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("listening lines");
-        grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
-        http = http.or(address_in(&line, "Listening for HTTP on '"));
-        debug = debug.or(address_in(&line, "Listening for debug on '"));
-    }
-    Running { child, lines, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
-}
-
-fn reference_env(command: &mut Command, root: &std::path::Path) {
-    command
-        .env_clear()
-        .env("RUNTIME_ROOT", root)
-        .env("RUNTIME_SUBDIRECTORY", "ratelimit")
-        .env("RUNTIME_WATCH_ROOT", "false")
-        .env("USE_STATSD", "false")
-        .env("HOST", "127.0.0.1")
-        .env("GRPC_HOST", "127.0.0.1")
-        .env("DEBUG_HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("DEBUG_PORT", "0")
-        .env("SHUTDOWN_GRACE_PERIOD", "0")
-        .env("LOG_LEVEL", "warn");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test]
 async fn serves_the_reference_layout_over_grpc_and_json_then_stops_on_sigterm() {

@@ -205,54 +205,71 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
-/// Follows the files and reloads on every change until `stop` turns true.
-pub async fn watch(reloader: Arc<Reloader>, mut stop: signal::Receiver<bool>) {
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let make_watcher = || {
-        let tx = tx.clone();
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+/// Watches on the rule files, armed before the first load so no change is missed.
+pub struct Watching {
+    watcher: Option<notify::RecommendedWatcher>,
+    sender: mpsc::UnboundedSender<()>,
+    events: mpsc::UnboundedReceiver<()>,
+}
+
+impl std::fmt::Debug for Watching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watching").field("armed", &self.watcher.is_some()).finish()
+    }
+}
+
+impl Watching {
+    /// Starts watching what `source` reads. Without a working watcher (an exotic file
+    /// system), logs why: the rules then load only at start-up.
+    pub fn arm(source: &ConfigSource) -> Watching {
+        let (sender, events) = mpsc::unbounded_channel();
+        let mut watching = Watching { watcher: None, sender, events };
+        watching.rearm(source);
+        watching
+    }
+
+    /// Replaces the watches with ones on what is there now; the old ones go only after
+    /// the new are in place, so no change falls between the two.
+    fn rearm(&mut self, source: &ConfigSource) {
+        let tx = self.sender.clone();
+        let made = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if changes_files(&e.kind) => {
                 let _ = tx.send(());
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "file watch error"),
-        })
-    };
-    let mut watcher = match make_watcher() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the rule files; changes will not be reloaded");
-            return;
+        });
+        match made {
+            Ok(mut watcher) => {
+                arm(&mut watcher, source);
+                drop(self.watcher.replace(watcher));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot watch the rule files; changes will not be reloaded"),
         }
-    };
-    arm(&mut watcher, &reloader.loader.source);
+    }
+}
+
+/// Reloads on every change `watching` sees, until `stop` turns true.
+pub async fn watch(reloader: Arc<Reloader>, mut watching: Watching, mut stop: signal::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            got = events.recv() => if got.is_none() { return },
+            got = watching.events.recv() => if got.is_none() { return },
         }
         // Debounce: wait for a quiet moment, but not forever.
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
         loop {
-            let quiet = tokio::time::sleep(QUIET);
             tokio::select! {
-                _ = quiet => break,
+                _ = tokio::time::sleep(QUIET) => break,
                 _ = tokio::time::sleep_until(deadline) => break,
-                got = events.recv() => if got.is_none() { return },
+                got = watching.events.recv() => if got.is_none() { return },
             }
         }
         let r = reloader.clone();
         let _ = tokio::task::spawn_blocking(move || r.reload()).await;
         // Directories may have been replaced (a ConfigMap's ..data swap, a new
         // RUNTIME_ROOT target): watch what is there now.
-        match make_watcher() {
-            Ok(mut fresh) => {
-                arm(&mut fresh, &reloader.loader.source);
-                // The old watches go only now, so no change falls between the two sets.
-                drop(std::mem::replace(&mut watcher, fresh));
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot re-arm the file watches"),
-        }
+        watching.rearm(&reloader.loader.source);
     }
 }
 

@@ -139,16 +139,106 @@ pub fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitReques
 
 /// One HTTP/1.1 request; returns the status code and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Connection errors come back as status 0, so polling loops can keep polling.
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    if stream.read_to_end(&mut response).await.is_err() && response.is_empty() {
+        return (0, String::new());
+    }
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// Running the built binary.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    pub struct Running {
+        pub child: Child,
+        pub lines: mpsc::Receiver<String>,
+        pub grpc: SocketAddr,
+        pub http: SocketAddr,
+        pub debug: SocketAddr,
+    }
+
+    pub fn sluicegate() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+    }
+
+    pub fn address_in(line: &str, prefix: &str) -> Option<SocketAddr> {
+        let rest = line.split(prefix).nth(1)?;
+        rest.split('\'').next()?.parse().ok()
+    }
+
+    /// Starts the binary and waits for its three "Listening" lines.
+    pub fn spawn(mut command: Command) -> Running {
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut grpc, mut http, mut debug) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while grpc.is_none() || http.is_none() || debug.is_none() {
+            let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("listening lines");
+            grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
+            http = http.or(address_in(&line, "Listening for HTTP on '"));
+            debug = debug.or(address_in(&line, "Listening for debug on '"));
+        }
+        Running { child, lines, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
+    }
+
+    pub fn reference_env(command: &mut Command, root: &std::path::Path) {
+        command
+            .env_clear()
+            .env("RUNTIME_ROOT", root)
+            .env("RUNTIME_SUBDIRECTORY", "ratelimit")
+            .env("RUNTIME_WATCH_ROOT", "false")
+            .env("USE_STATSD", "false")
+            .env("HOST", "127.0.0.1")
+            .env("GRPC_HOST", "127.0.0.1")
+            .env("DEBUG_HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("GRPC_PORT", "0")
+            .env("DEBUG_PORT", "0")
+            .env("SHUTDOWN_GRACE_PERIOD", "0")
+            .env("LOG_LEVEL", "warn");
+    }
+
+    pub fn sigterm(child: &Child) {
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the process did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
