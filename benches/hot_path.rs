@@ -19,6 +19,7 @@ use sluicegate::config::load_texts;
 use sluicegate::limiter::{Algorithm, LimitParams, Unit};
 use sluicegate::rules::{LimitRegistry, RuleSet};
 use sluicegate::service::{RateLimiter, ServiceOptions};
+use sluicegate::stats::{Stats, StatsOptions};
 use sluicegate::store::key::{LimitIdentity, encode};
 use sluicegate::store::{MemoryStore, Store};
 
@@ -161,12 +162,18 @@ fn bench_algorithms(c: &mut Criterion) {
 }
 
 fn limiter(distinct: u64) -> (RateLimiter, Vec<RateLimitRequest>, Vec<RateLimitRequest>) {
+    limiter_with(distinct, false)
+}
+
+fn limiter_with(distinct: u64, stats_disabled: bool) -> (RateLimiter, Vec<RateLimitRequest>, Vec<RateLimitRequest>) {
     let registry = Arc::new(LimitRegistry::new());
     let snapshot = load_texts(&[("bench.yaml", RULES)], false, &registry).unwrap();
     let store = Store::Memory(Arc::new(MemoryStore::new(registry, 4_000_000)));
     let clock: Clock = FakeClock::at_secs(3600).into();
+    let stats = Stats::new(StatsOptions { disabled: stats_disabled, near_limit_ratio: 0.8, ..StatsOptions::default() });
     let limiter =
-        RateLimiter::new(Arc::new(ArcSwapOption::from_pointee(snapshot)), store, clock, ServiceOptions::default());
+        RateLimiter::new(Arc::new(ArcSwapOption::from_pointee(snapshot)), store, clock, ServiceOptions::default())
+            .with_stats(stats);
     let descriptor = |pairs: &[(&str, &str)]| RateLimitDescriptor { entries: entries(pairs), ..Default::default() };
     let request = |descriptors| RateLimitRequest { domain: "bench".into(), descriptors, hits_addend: 0 };
     let one: Vec<RateLimitRequest> = (0..distinct)
@@ -209,6 +216,15 @@ fn bench_decide(c: &mut Criterion) {
                 i = (i + 7919) % four.len();
                 black_box(limiter.decide(&four[i]).unwrap())
             })
+        });
+    }
+    // What recording the stats costs: the same decisions with DISABLE_STATS.
+    for disabled in [false, true] {
+        let (limiter, one, four) = limiter_with(1, disabled);
+        let suffix = if disabled { "stats_disabled" } else { "stats_enabled" };
+        group.bench_function(format!("one_descriptor_{suffix}"), |b| b.iter(|| black_box(limiter.decide(&one[0]).unwrap())));
+        group.bench_function(format!("four_descriptors_{suffix}"), |b| {
+            b.iter(|| black_box(limiter.decide(&four[0]).unwrap()))
         });
     }
     // The cost of a new counter (insert) on top of a decision.

@@ -16,7 +16,7 @@ use crate::app::Server;
 use crate::config::{self, ConfigSource};
 use crate::limiter::{Algorithm, LimitParams};
 use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
-use crate::settings::{Env, LogFormat, SPECS, Settings, WithFlags, build_options, flag_name};
+use crate::settings::{Env, SPECS, Settings, WithFlags, build_options, flag_name};
 
 /// `EX_USAGE`: the command line or a setting is invalid.
 pub const EXIT_USAGE: u8 = 64;
@@ -111,18 +111,6 @@ fn settings_from(matches: &ArgMatches) -> Result<Settings, Vec<String>> {
     let flags: HashMap<String, String> =
         SPECS.iter().filter_map(|s| matches.get_one::<String>(s.env).map(|v| (s.env.to_string(), v.clone()))).collect();
     Settings::parse(&WithFlags { flags, base: Env }, config).map_err(|e| e.0)
-}
-
-fn init_logging(settings: &Settings) {
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(settings.log_level)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match settings.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 /// Runs the program with `args` (including the program name) and returns its exit code.
@@ -308,7 +296,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(&settings);
+    crate::logging::init(&settings);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -24,7 +24,7 @@
 //! - [`settings`]: the reference's environment variables, each also a flag.
 //! - [`health`]: the components behind `/healthcheck` and gRPC health.
 //! - [`stats`]: the reference's stats as Prometheus metrics (and statsd).
-//! - [`app`]: start-up and shutdown; [`signal`]: SIGTERM and SIGINT.
+//! - [`app`]: start-up and shutdown; [`signal`]: SIGTERM and SIGINT; [`logging`]: logs.
 //! - [`cli`]: the command line `main` parses.
 
 pub mod app;
@@ -36,6 +36,7 @@ pub mod health;
 pub mod http;
 pub mod json;
 pub mod limiter;
+pub mod logging;
 pub mod rules;
 pub mod service;
 pub mod settings;

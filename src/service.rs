@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 use crate::clock::{Clock, Nanos};
 use crate::limiter::{LimitParams, Outcome, Unit};
 use crate::rules::{Domain, EntryView, Rule};
-use crate::stats::{Stats, StatsOptions};
+use crate::stats::{RuleStats, Stats, StatsOptions};
 use crate::store::key::LimitIdentity;
 use crate::store::{Counter, Store};
 
@@ -341,19 +341,21 @@ impl RateLimiter {
         }
         let Some((outcome, limit)) = reported else { return Verdict::ok() };
         if self.stats.enabled() {
-            let series = match (matched, rule) {
-                (_, Some(rule)) if rule.detailed_metric || rule.path.iter().any(|l| l.value_to_metric) => {
-                    self.stats.for_values(value_stats_key(rule, &descriptor.entries))
-                }
-                (_, Some(rule)) => self.stats.for_rule(rule).clone(),
-                (Matched::Default(domain), None) => domain
-                    .default_stats
-                    .get_or_init(|| self.stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()]))
-                    .clone(),
-                _ => self.stats.for_values(override_stats_key(domain_name, &descriptor.entries)),
-            };
             let shadow = rule.is_some_and(|r| r.shadow_mode);
-            series.record(&outcome, limit.params.requests_per_unit, hits, shadow, self.stats.near_limit_ratio());
+            let ratio = self.stats.near_limit_ratio();
+            let record = |series: &RuleStats| series.record(&outcome, limit.params.requests_per_unit, hits, shadow, ratio);
+            // Borrowed where the series is resolved already: no reference-count traffic
+            // on a rule's series, which every worker thread shares.
+            match (matched, rule) {
+                (_, Some(rule)) if rule.detailed_metric || rule.path.iter().any(|l| l.value_to_metric) => {
+                    record(&self.stats.for_values(value_stats_key(rule, &descriptor.entries)))
+                }
+                (_, Some(rule)) => record(self.stats.for_rule(rule)),
+                (Matched::Default(domain), None) => record(domain.default_stats.get_or_init(|| {
+                    self.stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()])
+                })),
+                _ => record(&self.stats.for_values(override_stats_key(domain_name, &descriptor.entries))),
+            }
         }
         let quota = quota_by_setting || rule.is_some_and(|r| r.quota_mode);
         let mut verdict = Verdict {

@@ -169,6 +169,8 @@ pub mod process {
     pub struct Running {
         pub child: Child,
         pub lines: mpsc::Receiver<String>,
+        /// The lines read while waiting for the listeners.
+        pub seen: Vec<String>,
         pub grpc: SocketAddr,
         pub http: SocketAddr,
         pub debug: SocketAddr,
@@ -196,14 +198,16 @@ pub mod process {
             }
         });
         let (mut grpc, mut http, mut debug) = (None, None, None);
+        let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while grpc.is_none() || http.is_none() || debug.is_none() {
             let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("listening lines");
+            seen.push(line.clone());
             grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
             http = http.or(address_in(&line, "Listening for HTTP on '"));
             debug = debug.or(address_in(&line, "Listening for debug on '"));
         }
-        Running { child, lines, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
+        Running { child, lines, seen, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
     }
 
     pub fn reference_env(command: &mut Command, root: &std::path::Path) {
