@@ -222,7 +222,9 @@ fn bench_decide(c: &mut Criterion) {
     for disabled in [false, true] {
         let (limiter, one, four) = limiter_with(1, disabled);
         let suffix = if disabled { "stats_disabled" } else { "stats_enabled" };
-        group.bench_function(format!("one_descriptor_{suffix}"), |b| b.iter(|| black_box(limiter.decide(&one[0]).unwrap())));
+        group.bench_function(format!("one_descriptor_{suffix}"), |b| {
+            b.iter(|| black_box(limiter.decide(&one[0]).unwrap()))
+        });
         group.bench_function(format!("four_descriptors_{suffix}"), |b| {
             b.iter(|| black_box(limiter.decide(&four[0]).unwrap()))
         });

@@ -30,6 +30,7 @@ use crate::settings::{Backend, Listen, Settings};
 use crate::stats::Stats;
 use crate::stats::statsd::StatsdSink;
 use crate::store::{MemoryStore, Store};
+use crate::tls::Tls;
 
 /// How long in-flight calls get to finish once the grace period is over.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +46,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub enum StartError {
     /// The first config load failed (and `FORCE_START_WITHOUT_INITIAL_CONFIG` is off).
     Config(Diagnostics),
+    /// The TLS certificates did not load.
+    Tls(String),
     /// A listener could not bind.
     Bind {
         listener: &'static str,
@@ -65,6 +68,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind { listener, address, error } => {
                 write!(f, "cannot listen for {listener} on {address}: {error}")
             }
+            StartError::Tls(e) => write!(f, "cannot serve TLS: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -89,6 +93,8 @@ pub struct Server;
 pub struct Started {
     pub shared: Shared,
     watching: Watching,
+    /// The TLS configuration, with its certificate watches armed before the first read.
+    tls: Option<(Arc<Tls>, Watching)>,
     settings: Settings,
     grpc_listeners: Vec<GrpcListener>,
     http_listener: std::net::TcpListener,
@@ -142,7 +148,14 @@ impl Server {
         let limiter =
             Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()).with_stats(stats.clone()));
 
-        let (grpc_listeners, grpc_addr) = bind_grpc(&settings)?;
+        let tls = match &settings.grpc_tls {
+            Some(t) => {
+                let watching = Tls::watching_files(t);
+                Some((Tls::load(t.clone()).map_err(StartError::Tls)?, watching))
+            }
+            None => None,
+        };
+        let (grpc_listeners, grpc_addr) = bind_grpc(&settings, tls.as_ref().map(|(t, _)| t))?;
         let http_listener = bind_plain("HTTP", &settings.http.0, settings.http.1)?;
         let debug_listener = bind_plain("debug", &settings.debug.0, settings.debug.1)?;
         let http_addr = http_listener.local_addr().map_err(StartError::Io)?;
@@ -160,6 +173,7 @@ impl Server {
         Ok(Started {
             shared: Shared { limiter, health, reloader, stats, memory },
             watching,
+            tls,
             settings,
             grpc_listeners,
             http_listener,
@@ -194,7 +208,14 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAddr>), StartError> {
+fn bind_grpc(
+    settings: &Settings,
+    tls: Option<&Arc<Tls>>,
+) -> Result<(Vec<GrpcListener>, Option<SocketAddr>), StartError> {
+    let tcp = |l: std::net::TcpListener| match tls {
+        Some(tls) => GrpcListener::Tls(l, tls.clone()),
+        None => GrpcListener::Tcp(l),
+    };
     match &settings.grpc {
         Listen::Unix(path) => {
             let shown = path.display().to_string();
@@ -220,10 +241,10 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
             let first = reuseport_listener(addr).map_err(bind_error("gRPC", shown.clone()))?;
             // Port 0 picks a port once; every other worker binds that same port.
             let bound = first.local_addr().map_err(StartError::Io)?;
-            let mut listeners = vec![GrpcListener::Tcp(first)];
+            let mut listeners = vec![tcp(first)];
             for _ in 1..workers {
                 let l = reuseport_listener(bound).map_err(bind_error("gRPC", bound.to_string()))?;
-                listeners.push(GrpcListener::Tcp(l));
+                listeners.push(tcp(l));
             }
             Ok((listeners, Some(bound)))
         }
@@ -233,8 +254,7 @@ fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAdd
 impl Started {
     /// Serves until `shutdown` completes, then drains as SPEC §7 says and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Started { shared, watching, settings, grpc_listeners, http_listener, debug_listener, grpc_addr: _, .. } =
-            self;
+        let Started { shared, watching, tls, settings, grpc_listeners, http_listener, debug_listener, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (reporter, health_server) = tonic_health::server::health_reporter();
@@ -269,6 +289,9 @@ impl Started {
         }
         if let Some(statsd) = shared.stats.statsd.clone() {
             background.push(tokio::spawn(statsd_loop(statsd, stop_rx.clone())));
+        }
+        if let Some((tls, watching)) = tls {
+            background.push(tokio::spawn(crate::tls::watch(tls, watching, stop_rx.clone())));
         }
 
         shutdown.await;

@@ -27,6 +27,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::health::Health;
 use crate::service::RateLimiter;
+use crate::tls::Tls;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`].
 ///
@@ -104,6 +105,8 @@ pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
 #[derive(Debug)]
 pub enum GrpcListener {
     Tcp(std::net::TcpListener),
+    /// TCP with TLS.
+    Tls(std::net::TcpListener, Arc<Tls>),
     Unix(std::os::unix::net::UnixListener),
 }
 
@@ -127,6 +130,7 @@ pub fn spawn_worker(
             }
         };
         runtime.block_on(async move {
+            let stop_accepting = stop.clone();
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -135,6 +139,16 @@ pub fn spawn_worker(
                 GrpcListener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
                     Ok(l) => {
                         let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                        router.serve_with_incoming_shutdown(incoming, stopped).await
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "cannot use the gRPC listener");
+                        return;
+                    }
+                },
+                GrpcListener::Tls(l, tls) => match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        let incoming = crate::tls::incoming(l, tls, stop_accepting);
                         router.serve_with_incoming_shutdown(incoming, stopped).await
                     }
                     Err(e) => {

@@ -9,7 +9,8 @@
 //! A request flows top to bottom:
 //!
 //! - [`grpc`], [`http`], [`json`]: the front ends (tonic gRPC on per-core runtimes,
-//!   `/healthcheck` and `/json` on axum). Proto conversion only.
+//!   `/healthcheck` and `/json` on axum). Proto conversion only. [`tls`]: TLS and mTLS
+//!   for gRPC.
 //! - [`service`]: one `ShouldRateLimit` from request to response: validation, matching,
 //!   `replaces`, shadow and quota modes, headers, dynamic metadata.
 //! - [`rules`]: the compiled, immutable rule set and the matcher.
@@ -43,3 +44,4 @@ pub mod settings;
 pub mod signal;
 pub mod stats;
 pub mod store;
+pub mod tls;

@@ -343,7 +343,8 @@ impl RateLimiter {
         if self.stats.enabled() {
             let shadow = rule.is_some_and(|r| r.shadow_mode);
             let ratio = self.stats.near_limit_ratio();
-            let record = |series: &RuleStats| series.record(&outcome, limit.params.requests_per_unit, hits, shadow, ratio);
+            let record =
+                |series: &RuleStats| series.record(&outcome, limit.params.requests_per_unit, hits, shadow, ratio);
             // Borrowed where the series is resolved already: no reference-count traffic
             // on a rule's series, which every worker thread shares.
             match (matched, rule) {
@@ -351,9 +352,11 @@ impl RateLimiter {
                     record(&self.stats.for_values(value_stats_key(rule, &descriptor.entries)))
                 }
                 (_, Some(rule)) => record(self.stats.for_rule(rule)),
-                (Matched::Default(domain), None) => record(domain.default_stats.get_or_init(|| {
-                    self.stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()])
-                })),
+                (Matched::Default(domain), None) => record(
+                    domain
+                        .default_stats
+                        .get_or_init(|| self.stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()])),
+                ),
                 _ => record(&self.stats.for_values(override_stats_key(domain_name, &descriptor.entries))),
             }
         }

@@ -19,6 +19,7 @@ use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
+use crate::tls::TlsSettings;
 
 /// One setting: its environment variable, default and help. The flag is the variable
 /// in lower case with dashes (`GRPC_PORT` is `--grpc-port`).
@@ -41,6 +42,15 @@ pub const SPECS: &[Spec] = &[
     spec("GRPC_HOST", "0.0.0.0", "Address of the gRPC listener"),
     spec("GRPC_PORT", "8081", "Port of the gRPC listener (0 picks a free port)"),
     spec("GRPC_UDS", "", "Serve gRPC on this unix socket instead of GRPC_HOST:GRPC_PORT"),
+    spec("GRPC_SERVER_USE_TLS", "false", "Serve gRPC over TLS"),
+    spec("GRPC_SERVER_TLS_CERT", "", "PEM certificate chain of the gRPC server (reloaded when it changes)"),
+    spec("GRPC_SERVER_TLS_KEY", "", "PEM private key of the gRPC server (reloaded when it changes)"),
+    spec(
+        "GRPC_CLIENT_TLS_CACERT",
+        "",
+        "Mutual TLS: PEM CA certificates that must have issued the client's certificate",
+    ),
+    spec("GRPC_CLIENT_TLS_SAN", "", "Mutual TLS: a name the client's certificate must carry"),
     spec("GRPC_WORKERS", "0", "gRPC worker threads, each with its own runtime and listener (0: one per CPU)"),
     spec("DEBUG_HOST", "0.0.0.0", "Address of the debug listener (/rlconfig)"),
     spec("DEBUG_PORT", "6070", "Port of the debug listener (0 picks a free port)"),
@@ -186,6 +196,8 @@ pub struct Settings {
     pub grpc: Listen,
     /// gRPC worker threads (each a current-thread runtime with its own listener).
     pub grpc_workers: usize,
+    /// `GRPC_SERVER_USE_TLS` and its files.
+    pub grpc_tls: Option<TlsSettings>,
     pub http: (String, u16),
     pub debug: (String, u16),
     pub config_source: ConfigSource,
@@ -347,6 +359,36 @@ impl Settings {
         };
         let grpc_workers =
             r.parse("GRPC_WORKERS", |s| s.parse::<usize>().map_err(|_| "expected a whole number".into()));
+        let use_tls = r.boolean("GRPC_SERVER_USE_TLS");
+        let (cert, key) = (r.string("GRPC_SERVER_TLS_CERT"), r.string("GRPC_SERVER_TLS_KEY"));
+        let (client_ca, client_san) = (r.string("GRPC_CLIENT_TLS_CACERT"), r.string("GRPC_CLIENT_TLS_SAN"));
+        let grpc_tls = if use_tls {
+            for (name, value) in [("GRPC_SERVER_TLS_CERT", &cert), ("GRPC_SERVER_TLS_KEY", &key)] {
+                if value.is_empty() {
+                    r.errors.push(format!("{}=\"\" is not valid: GRPC_SERVER_USE_TLS needs it", source.describe(name)));
+                }
+            }
+            if matches!(grpc, Listen::Unix(_)) {
+                r.errors.push(format!(
+                    "{}=\"true\" is not valid: TLS is for TCP listeners, not GRPC_UDS",
+                    source.describe("GRPC_SERVER_USE_TLS")
+                ));
+            }
+            Some(TlsSettings {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                client_ca: (!client_ca.is_empty()).then(|| PathBuf::from(client_ca)),
+                client_san: (!client_san.is_empty()).then_some(client_san),
+            })
+        } else {
+            if !client_ca.is_empty() {
+                r.errors.push(format!(
+                    "{}={client_ca:?} is not valid: mutual TLS needs GRPC_SERVER_USE_TLS=true",
+                    source.describe("GRPC_CLIENT_TLS_CACERT")
+                ));
+            }
+            None
+        };
         let http = (r.string("HOST"), r.parse("PORT", parse_port));
         let debug = (r.string("DEBUG_HOST"), r.parse("DEBUG_PORT", parse_port));
 
@@ -483,6 +525,7 @@ impl Settings {
         Ok(Settings {
             grpc,
             grpc_workers,
+            grpc_tls,
             http,
             debug,
             config_source,

@@ -205,8 +205,13 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
-/// Watches on the rule files, armed before the first load so no change is missed.
+/// What to watch, worked out afresh at every re-arm.
+pub type Targets = Box<dyn Fn() -> Vec<(PathBuf, RecursiveMode)> + Send>;
+
+/// Watches on files (the rules, the TLS certificates), armed before they are first read
+/// so no change is missed.
 pub struct Watching {
+    targets: Targets,
     watcher: Option<notify::RecommendedWatcher>,
     sender: mpsc::UnboundedSender<()>,
     events: mpsc::UnboundedReceiver<()>,
@@ -222,15 +227,40 @@ impl Watching {
     /// Starts watching what `source` reads. Without a working watcher (an exotic file
     /// system), logs why: the rules then load only at start-up.
     pub fn arm(source: &ConfigSource) -> Watching {
+        let source = source.clone();
+        Self::arm_targets(Box::new(move || watch_targets(&source)))
+    }
+
+    /// Starts watching whatever `targets` names.
+    pub fn arm_targets(targets: Targets) -> Watching {
         let (sender, events) = mpsc::unbounded_channel();
-        let mut watching = Watching { watcher: None, sender, events };
-        watching.rearm(source);
+        let mut watching = Watching { targets, watcher: None, sender, events };
+        watching.rearm();
         watching
     }
 
-    /// Replaces the watches with ones on what is there now; the old ones go only after
-    /// the new are in place, so no change falls between the two.
-    fn rearm(&mut self, source: &ConfigSource) {
+    /// Waits for the next burst of changes to end (debounced), or returns false when
+    /// `stop` turns true.
+    pub async fn changed(&mut self, stop: &mut signal::Receiver<bool>) -> bool {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return false,
+            got = self.events.recv() => if got.is_none() { return false },
+        }
+        // Debounce: wait for a quiet moment, but not forever.
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(QUIET) => return true,
+                _ = tokio::time::sleep_until(deadline) => return true,
+                got = self.events.recv() => if got.is_none() { return false },
+            }
+        }
+    }
+
+    /// Replaces the watches with ones on what is there now (a ConfigMap's `..data` swap
+    /// or a new `RUNTIME_ROOT` target replaces watched directories); the old ones go only
+    /// after the new are in place, so no change falls between the two.
+    pub fn rearm(&mut self) {
         let tx = self.sender.clone();
         let made = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if changes_files(&e.kind) => {
@@ -241,7 +271,12 @@ impl Watching {
         });
         match made {
             Ok(mut watcher) => {
-                arm(&mut watcher, source);
+                for (path, mode) in (self.targets)() {
+                    match watcher.watch(&path, mode) {
+                        Ok(()) => tracing::debug!(path = %path.display(), ?mode, "watching for changes"),
+                        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot watch for changes"),
+                    }
+                }
                 drop(self.watcher.replace(watcher));
             }
             Err(e) => tracing::error!(error = %e, "cannot watch the rule files; changes will not be reloaded"),
@@ -251,33 +286,9 @@ impl Watching {
 
 /// Reloads on every change `watching` sees, until `stop` turns true.
 pub async fn watch(reloader: Arc<Reloader>, mut watching: Watching, mut stop: signal::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            got = watching.events.recv() => if got.is_none() { return },
-        }
-        // Debounce: wait for a quiet moment, but not forever.
-        let deadline = tokio::time::Instant::now() + MAX_DELAY;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(QUIET) => break,
-                _ = tokio::time::sleep_until(deadline) => break,
-                got = watching.events.recv() => if got.is_none() { return },
-            }
-        }
+    while watching.changed(&mut stop).await {
         let r = reloader.clone();
         let _ = tokio::task::spawn_blocking(move || r.reload()).await;
-        // Directories may have been replaced (a ConfigMap's ..data swap, a new
-        // RUNTIME_ROOT target): watch what is there now.
-        watching.rearm(&reloader.loader.source);
-    }
-}
-
-fn arm(watcher: &mut impl Watcher, source: &ConfigSource) {
-    for (path, mode) in watch_targets(source) {
-        match watcher.watch(&path, mode) {
-            Ok(()) => tracing::debug!(path = %path.display(), ?mode, "watching for rule changes"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot watch for rule changes"),
-        }
+        watching.rearm();
     }
 }
