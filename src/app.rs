@@ -25,11 +25,13 @@ use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::rules::{BuildOptions, LimitRegistry};
+use crate::service::FailurePolicy;
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
 use crate::stats::Stats;
 use crate::stats::statsd::StatsdSink;
-use crate::store::{MemoryStore, Store};
+use crate::store::redis::Deployment;
+use crate::store::{MemoryStore, RedisStore, Store};
 use crate::tls::Tls;
 
 /// How long in-flight calls get to finish once the grace period is over.
@@ -83,7 +85,9 @@ pub struct Shared {
     pub health: Arc<Health>,
     pub reloader: Arc<Reloader>,
     pub stats: Arc<Stats>,
+    /// In-process counters to sweep: the memory store, or Redis's local fallback.
     pub memory: Option<Arc<MemoryStore>>,
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 pub struct Server;
@@ -139,10 +143,29 @@ impl Server {
                 "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
             );
         }
-        let (store, memory) = match settings.backend {
+        let (store, memory, redis) = match &settings.backend {
             Backend::Memory => {
                 let memory = Arc::new(MemoryStore::new(registry, settings.memory_max_counters));
-                (Store::Memory(memory.clone()), Some(memory))
+                (Store::Memory(memory.clone()), Some(memory), None)
+            }
+            Backend::Redis(options) => {
+                let policy = settings.service.failure_policy;
+                let fallback = (policy == FailurePolicy::Local)
+                    .then(|| Arc::new(MemoryStore::new(registry, settings.memory_max_counters)));
+                let redis =
+                    Arc::new(RedisStore::new((**options).clone(), fallback.clone(), stats.backend_error.clone()));
+                if policy == FailurePolicy::Error {
+                    // Not ready until Redis answers: every limited call would fail.
+                    health.set_backend_ok(false);
+                }
+                for backend in redis.backends() {
+                    tracing::warn!(
+                        "counting in Redis ({}): {}; BACKEND_FAILURE_POLICY={policy:?}",
+                        backend.name,
+                        backend.target.describe()
+                    );
+                }
+                (Store::Redis(redis.clone()), fallback, Some(redis))
             }
         };
         let limiter =
@@ -171,7 +194,7 @@ impl Server {
         }
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
-            shared: Shared { limiter, health, reloader, stats, memory },
+            shared: Shared { limiter, health, reloader, stats, memory, redis },
             watching,
             tls,
             settings,
@@ -290,6 +313,16 @@ impl Started {
         if let Some(statsd) = shared.stats.statsd.clone() {
             background.push(tokio::spawn(statsd_loop(statsd, stop_rx.clone())));
         }
+        if let Some(redis) = shared.redis.clone() {
+            background.extend(redis.supervise(&stop_rx));
+            let policy = settings.service.failure_policy;
+            for backend in redis.backends() {
+                let task =
+                    follow_backend(backend.clone(), redis.clone(), shared.health.clone(), shared.stats.clone(), policy);
+                background.push(tokio::spawn(task));
+            }
+            background.push(tokio::spawn(redis_gauges_loop(redis, shared.stats.clone(), stop_rx.clone())));
+        }
         if let Some((tls, watching)) = tls {
             background.push(tokio::spawn(crate::tls::watch(tls, watching, stop_rx.clone())));
         }
@@ -363,6 +396,94 @@ fn serve_http(
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
     }))
+}
+
+/// Mirrors a Redis deployment's state into health (under `BACKEND_FAILURE_POLICY=error`,
+/// where a down Redis means limited calls fail) and `sluicegate_backend_up`.
+async fn follow_backend(
+    backend: Arc<Deployment>,
+    redis: Arc<RedisStore>,
+    health: Arc<Health>,
+    stats: Arc<Stats>,
+    policy: FailurePolicy,
+) {
+    let up = stats.gauge("sluicegate_backend_up", &[("backend", backend.name)], "1 while the Redis deployment answers");
+    let mut state = backend.subscribe();
+    loop {
+        up.set(if *state.borrow_and_update() { 1.0 } else { 0.0 });
+        if policy == FailurePolicy::Error {
+            health.set_backend_ok(redis.is_up());
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the Redis connection and local-cache gauges current.
+async fn redis_gauges_loop(redis: Arc<RedisStore>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    struct Pool {
+        backend: Arc<Deployment>,
+        active: metrics::Gauge,
+        total: metrics::Counter,
+        closed: metrics::Counter,
+    }
+    let pools: Vec<Pool> = redis
+        .backends()
+        .map(|b| {
+            let (active, total, closed) = if b.name == "redis" {
+                (
+                    "ratelimit_redis_pool_cx_active",
+                    "ratelimit_redis_pool_cx_total",
+                    "ratelimit_redis_pool_cx_local_close",
+                )
+            } else {
+                (
+                    "ratelimit_redis_per_second_pool_cx_active",
+                    "ratelimit_redis_per_second_pool_cx_total",
+                    "ratelimit_redis_per_second_pool_cx_local_close",
+                )
+            };
+            Pool {
+                backend: b.clone(),
+                active: stats.gauge(active, &[], "Open Redis connections"),
+                total: stats.counter(total, &[], "Redis connections opened"),
+                closed: stats.counter(closed, &[], "Redis connections closed by sluicegate"),
+            }
+        })
+        .collect();
+    let fallbacks = stats.counter(
+        "sluicegate_backend_fallbacks_total",
+        &[],
+        "Requests counted in memory because Redis failed (BACKEND_FAILURE_POLICY=local)",
+    );
+    let cache = redis.local_cache().map(|_| {
+        (
+            stats.gauge("ratelimit_localcache_entry_count", &[], "Keys in the local over-limit cache"),
+            stats.counter("ratelimit_localcache_hit_count", &[], "Requests answered from the local over-limit cache"),
+            stats.counter("ratelimit_localcache_miss_count", &[], "Local over-limit cache lookups that missed"),
+        )
+    });
+    loop {
+        for pool in &pools {
+            let opened = pool.backend.connections_opened.load(Ordering::Relaxed);
+            let closed = pool.backend.connections_closed.load(Ordering::Relaxed);
+            let active = if pool.backend.is_up() { opened.saturating_sub(closed) } else { 0 };
+            pool.active.set(active as f64);
+            pool.total.absolute(opened);
+            pool.closed.absolute(closed);
+        }
+        fallbacks.absolute(redis.fallbacks.load(Ordering::Relaxed));
+        if let (Some((entries, hits, misses)), Some(local)) = (&cache, redis.local_cache()) {
+            entries.set(local.len() as f64);
+            hits.absolute(local.hits.load(Ordering::Relaxed));
+            misses.absolute(local.misses.load(Ordering::Relaxed));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Folds histogram samples into buckets, so their memory stays bounded between scrapes.

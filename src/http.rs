@@ -152,7 +152,9 @@ async fn json(State(state): State<HttpState>, body: Bytes) -> Response {
             (status, [(header::CONTENT_TYPE, "application/json")], Body::from(body)).into_response()
         }
         Err(e @ ServiceError::InvalidArgument(_)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-        Err(e @ ServiceError::Unavailable(_)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e @ (ServiceError::Unavailable(_) | ServiceError::Backend(_))) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, ListValue, Struct, Value, value::Kind};
@@ -32,7 +33,7 @@ use crate::limiter::{LimitParams, Outcome, Unit};
 use crate::rules::{Domain, EntryView, Rule};
 use crate::stats::{RuleStats, Stats, StatsOptions};
 use crate::store::key::LimitIdentity;
-use crate::store::{Counter, Store};
+use crate::store::{Applied, Counter, Store};
 
 pub use crate::config::reload::SharedConfig;
 
@@ -41,22 +42,25 @@ pub use crate::config::reload::SharedConfig;
 pub enum ServiceError {
     /// The request itself is malformed or over a cap: `INVALID_ARGUMENT`.
     InvalidArgument(String),
-    /// We cannot decide right now (no config yet, backend down): `UNAVAILABLE`, so
-    /// Envoy's `failure_mode_deny` chooses between failing open and closed.
+    /// We cannot decide right now (no config yet): `UNAVAILABLE`, so Envoy's
+    /// `failure_mode_deny` chooses between failing open and closed.
     Unavailable(String),
+    /// The counter backend failed (Redis down or slow) under
+    /// `BACKEND_FAILURE_POLICY=error`: `UNAVAILABLE` too, counted as `redis_error`.
+    Backend(String),
 }
 
 impl ServiceError {
     pub fn message(&self) -> &str {
         match self {
-            ServiceError::InvalidArgument(m) | ServiceError::Unavailable(m) => m,
+            ServiceError::InvalidArgument(m) | ServiceError::Unavailable(m) | ServiceError::Backend(m) => m,
         }
     }
 
     pub fn code(&self) -> tonic::Code {
         match self {
             ServiceError::InvalidArgument(_) => tonic::Code::InvalidArgument,
-            ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+            ServiceError::Unavailable(_) | ServiceError::Backend(_) => tonic::Code::Unavailable,
         }
     }
 }
@@ -130,6 +134,23 @@ pub struct ServiceOptions {
     pub dynamic_metadata: bool,
     pub consume: Consume,
     pub caps: RequestCaps,
+    /// `BACKEND_FAILURE_POLICY`: what a request gets when the counter backend fails.
+    pub failure_policy: FailurePolicy,
+}
+
+/// `BACKEND_FAILURE_POLICY`: the answer when the counter backend (Redis) cannot be
+/// reached. The memory backend never fails, so this only matters for Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer `UNAVAILABLE` and let Envoy's `failure_mode_deny` decide (the reference's
+    /// behaviour).
+    #[default]
+    Error,
+    /// Answer OK: nothing is limited while the backend is down.
+    Allow,
+    /// Count in this process's memory until the backend is back: limits hold per
+    /// replica instead of across replicas.
+    Local,
 }
 
 /// The rate limit decision service, shared by every front end and worker thread.
@@ -194,13 +215,12 @@ impl<'a> Verdict<'a> {
     }
 }
 
-/// A counter this request added hits to, remembered so `CONSUME=all_or_nothing` can
-/// take them back if the request is rejected.
-#[derive(Clone, Copy, Debug)]
-struct Consumed<'a> {
-    descriptor: usize,
-    limit: Planned<'a>,
-    hits: u64,
+/// A descriptor's plan: answered without counting, or counted against `limits` (a
+/// range of the request's planned limits, which the store applies in one batch).
+#[derive(Clone, Debug)]
+enum Plan<'a> {
+    Decided(Verdict<'a>),
+    Counted { limits: std::ops::Range<usize>, hits: u64, rule: Option<&'a Rule> },
 }
 
 impl RateLimiter {
@@ -237,114 +257,174 @@ impl RateLimiter {
 
     /// Answers one `ShouldRateLimit` call.
     pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
-        self.decide(request)
-    }
-
-    /// The synchronous core (the memory store never waits).
-    pub fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
-        let result = self.decide_inner(request);
-        if result.is_err() && self.stats.enabled() {
-            self.stats.service_error.increment(1);
+        let result = self.answer(request).await;
+        if let Err(e) = &result
+            && self.stats.enabled()
+        {
+            match e {
+                // The store counts its own failures (`redis_error`), whatever the policy.
+                ServiceError::Backend(_) => {}
+                _ => self.stats.service_error.increment(1),
+            }
         }
         result
     }
 
-    fn decide_inner(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+    /// [`RateLimiter::should_rate_limit`] for callers without an async runtime (tests,
+    /// benches). The memory store never waits, so this completes at once; a backend that
+    /// does wait (Redis) needs the async call.
+    pub fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+        use std::future::Future;
+        let mut answer = std::pin::pin!(self.should_rate_limit(request));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match answer.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => {
+                Err(ServiceError::Unavailable("this backend answers asynchronously: use should_rate_limit".into()))
+            }
+        }
+    }
+
+    async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         validate(request, &self.options.caps)?;
         let snapshot = self.config.load();
         let Some(snapshot) = snapshot.as_deref() else {
             return Err(ServiceError::Unavailable("no rate limit configuration loaded".into()));
         };
         let now = self.clock.now();
-        let domain = snapshot.rules.domain(&request.domain);
+        let domain_name = request.domain.as_str();
+        let domain = snapshot.rules.domain(domain_name);
         if domain.is_none() {
-            self.stats.domain_not_found(&request.domain, request.descriptors.len() as u64);
+            self.stats.domain_not_found(domain_name, request.descriptors.len() as u64);
         }
         let mut matched: SmallVec<[Matched<'_>; 8]> = request.descriptors.iter().map(|d| resolve(domain, d)).collect();
         apply_replaces(&mut matched);
 
+        // Plan every counter of the request first, so the store gets them in one batch
+        // (one round trip to Redis).
         let request_hits = u64::from(request.hits_addend.max(1));
-        let all_or_nothing = self.options.consume == Consume::AllOrNothing;
-        let mut consumed: SmallVec<[Consumed<'_>; 8]> = SmallVec::new();
-        let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(matched.len());
-        for (index, (descriptor, m)) in request.descriptors.iter().zip(&matched).enumerate() {
+        let mut plans: SmallVec<[Plan<'_>; 8]> = SmallVec::with_capacity(matched.len());
+        let mut limits: SmallVec<[Planned<'_>; 8]> = SmallVec::new();
+        let mut counters: SmallVec<[Counter<'_, Entry>; 8]> = SmallVec::new();
+        for (descriptor, m) in request.descriptors.iter().zip(&matched) {
             let hits = descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-            let track = all_or_nothing.then_some((&mut consumed, index));
-            verdicts.push(self.count(&request.domain, domain, descriptor, m, hits, now, track));
+            let start = limits.len();
+            let rule = match m {
+                Matched::NoLimit | Matched::Replaced => {
+                    plans.push(Plan::Decided(Verdict { quota: self.options.global_quota_mode, ..Verdict::ok() }));
+                    continue;
+                }
+                Matched::Unlimited(rule) => {
+                    let v = Verdict { remaining: u32::MAX, unlimited: true, rule: Some(rule), ..Verdict::ok() };
+                    plans.push(Plan::Decided(v));
+                    continue;
+                }
+                Matched::Override(params) => {
+                    let identity = LimitIdentity::Override { domain: domain_name, unit: params.unit };
+                    limits.push(Planned { identity, params, rule: None });
+                    None
+                }
+                Matched::Default(domain) => {
+                    limits.extend(defaults_of(domain));
+                    None
+                }
+                Matched::Limited(rule) => {
+                    limits.extend(rule.limits.iter().map(|l| Planned {
+                        identity: LimitIdentity::Rule(l.counter_id),
+                        params: &l.params,
+                        rule: Some(rule),
+                    }));
+                    if rule.inherit_default
+                        && let Some(domain) = domain
+                    {
+                        limits.extend(defaults_of(domain));
+                    }
+                    Some(*rule)
+                }
+            };
+            counters.extend(limits[start..].iter().map(|p| counter_of(domain_name, descriptor, p, hits)));
+            plans.push(Plan::Counted { limits: start..limits.len(), hits, rule });
+        }
+
+        let applied = if counters.is_empty() {
+            SmallVec::new()
+        } else {
+            match self.store.apply_batch(&counters, now).await {
+                Ok(applied) => applied,
+                Err(e) if self.options.failure_policy == FailurePolicy::Allow => {
+                    // BACKEND_FAILURE_POLICY=allow: answer as if nothing were limited.
+                    tracing::debug!(error = %e, "backend failed; allowing the request");
+                    let verdicts: SmallVec<[Verdict<'_>; 8]> = plans
+                        .iter()
+                        .map(|p| match p {
+                            Plan::Decided(v) => *v,
+                            Plan::Counted { .. } => Verdict { quota: self.options.global_quota_mode, ..Verdict::ok() },
+                        })
+                        .collect();
+                    return Ok(self.respond(request, &verdicts, false));
+                }
+                Err(e) => return Err(ServiceError::Backend(e.to_string())),
+            }
+        };
+
+        let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(plans.len());
+        for (plan, (descriptor, m)) in plans.iter().zip(request.descriptors.iter().zip(&matched)) {
+            verdicts.push(match plan {
+                Plan::Decided(v) => *v,
+                Plan::Counted { limits: range, hits, rule } => self.verdict(
+                    domain_name,
+                    descriptor,
+                    m,
+                    *rule,
+                    &limits[range.clone()],
+                    &applied[range.clone()],
+                    *hits,
+                ),
+            });
         }
         let over = is_over_limit(&verdicts);
-        if over && !self.options.global_shadow_mode && !consumed.is_empty() {
-            self.roll_back(request, &consumed, &mut verdicts, now);
+        if over && self.options.consume == Consume::AllOrNothing && !self.options.global_shadow_mode {
+            self.roll_back(&plans, &counters, &applied, &mut verdicts, now).await;
         }
         Ok(self.respond(request, &verdicts, over))
     }
 
+    /// One counted descriptor's answer from its limits' outcomes, with its stats.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-    fn count<'a>(
+    fn verdict<'a>(
         &self,
-        domain_name: &'a str,
-        domain: Option<&'a Domain>,
-        descriptor: &'a RateLimitDescriptor,
-        matched: &'a Matched<'a>,
+        domain_name: &str,
+        descriptor: &RateLimitDescriptor,
+        matched: &Matched<'a>,
+        rule: Option<&'a Rule>,
+        limits: &[Planned<'a>],
+        applied: &[Applied],
         hits: u64,
-        now: Nanos,
-        mut track: Option<(&mut SmallVec<[Consumed<'a>; 8]>, usize)>,
     ) -> Verdict<'a> {
-        let quota_by_setting = self.options.global_quota_mode;
-        let (rule, planned): (Option<&'a Rule>, SmallVec<[Planned<'a>; 4]>) = match matched {
-            Matched::NoLimit | Matched::Replaced => return Verdict { quota: quota_by_setting, ..Verdict::ok() },
-            Matched::Unlimited(rule) => {
-                return Verdict { remaining: u32::MAX, unlimited: true, rule: Some(rule), ..Verdict::ok() };
-            }
-            Matched::Override(params) => {
-                let identity = LimitIdentity::Override { domain: domain_name, unit: params.unit };
-                (None, smallvec::smallvec![Planned { identity, params, rule: None }])
-            }
-            Matched::Default(domain) => (None, defaults_of(domain)),
-            Matched::Limited(rule) => {
-                let mut planned: SmallVec<[Planned<'a>; 4]> = rule
-                    .limits
-                    .iter()
-                    .map(|l| Planned {
-                        identity: LimitIdentity::Rule(l.counter_id),
-                        params: &l.params,
-                        rule: Some(rule),
-                    })
-                    .collect();
-                if rule.inherit_default
-                    && let Some(domain) = domain
-                {
-                    planned.extend(defaults_of(domain));
-                }
-                (Some(*rule), planned)
-            }
-        };
         // Report the first limit that rejected, else the one with the least remaining (the
         // first on a tie): SPEC §9.1.
-        let mut reported: Option<(Outcome, Planned<'a>)> = None;
-        for limit in planned {
-            let counter = counter_of(domain_name, descriptor, &limit, hits);
-            let applied = self.store.apply(&counter, now);
-            if applied.consumed
-                && let Some((consumed, index)) = track.as_mut()
-            {
-                consumed.push(Consumed { descriptor: *index, limit, hits });
-            }
+        let mut reported: Option<(Outcome, Planned<'a>, bool)> = None;
+        for (limit, applied) in limits.iter().zip(applied) {
             let outcome = applied.outcome;
             let better = match &reported {
                 None => true,
-                Some((best, _)) => !best.over_limit && (outcome.over_limit || outcome.remaining < best.remaining),
+                Some((best, _, _)) => !best.over_limit && (outcome.over_limit || outcome.remaining < best.remaining),
             };
             if better {
-                reported = Some((outcome, limit));
+                reported = Some((outcome, *limit, applied.cached));
             }
         }
-        let Some((outcome, limit)) = reported else { return Verdict::ok() };
+        let Some((outcome, limit, cached)) = reported else { return Verdict::ok() };
         if self.stats.enabled() {
             let shadow = rule.is_some_and(|r| r.shadow_mode);
             let ratio = self.stats.near_limit_ratio();
-            let record =
-                |series: &RuleStats| series.record(&outcome, limit.params.requests_per_unit, hits, shadow, ratio);
+            let record = |series: &RuleStats| {
+                if cached {
+                    series.record_cached(hits, shadow);
+                } else {
+                    series.record(&outcome, limit.params.requests_per_unit, hits, shadow, ratio);
+                }
+            };
             // Borrowed where the series is resolved already: no reference-count traffic
             // on a rule's series, which every worker thread shares.
             match (matched, rule) {
@@ -360,7 +440,7 @@ impl RateLimiter {
                 _ => record(&self.stats.for_values(override_stats_key(domain_name, &descriptor.entries))),
             }
         }
-        let quota = quota_by_setting || rule.is_some_and(|r| r.quota_mode);
+        let quota = self.options.global_quota_mode || rule.is_some_and(|r| r.quota_mode);
         let mut verdict = Verdict {
             over_limit: outcome.over_limit,
             reported: Some(limit),
@@ -379,22 +459,31 @@ impl RateLimiter {
 
     /// `CONSUME=all_or_nothing`: the request was rejected, so no limit keeps its hits.
     /// Descriptors that passed then report what they have left after the rollback.
-    fn roll_back(
+    async fn roll_back(
         &self,
-        request: &RateLimitRequest,
-        consumed: &[Consumed<'_>],
+        plans: &[Plan<'_>],
+        counters: &[Counter<'_, Entry>],
+        applied: &[Applied],
         verdicts: &mut [Verdict<'_>],
         now: Nanos,
     ) {
-        for c in consumed {
-            let counter = counter_of(&request.domain, &request.descriptors[c.descriptor], &c.limit, c.hits);
-            self.store.refund(&counter, now);
+        let taken: SmallVec<[Counter<'_, Entry>; 8]> =
+            counters.iter().zip(applied).filter(|(_, a)| a.consumed).map(|(c, _)| *c).collect();
+        if taken.is_empty() {
+            return;
         }
-        for (descriptor, verdict) in request.descriptors.iter().zip(verdicts.iter_mut()) {
-            if let (false, Some(limit)) = (verdict.over_limit, verdict.reported) {
-                let outcome = self.store.peek(&counter_of(&request.domain, descriptor, &limit, 0), now);
-                verdict.remaining = outcome.remaining;
-                verdict.reset_after = outcome.reset_after;
+        if let Err(e) = self.store.refund_batch(&taken, now).await {
+            tracing::warn!(error = %e, "could not take back the hits of a rejected request");
+            return;
+        }
+        for (plan, verdict) in plans.iter().zip(verdicts.iter_mut()) {
+            if let (Plan::Counted { hits, .. }, false, Some(limit)) = (plan, verdict.over_limit, verdict.reported) {
+                let most = if limit.params.algorithm.has_burst() {
+                    limit.params.capacity
+                } else {
+                    u64::from(limit.params.requests_per_unit)
+                };
+                verdict.remaining = (u64::from(verdict.remaining) + hits).min(most).min(u64::from(u32::MAX)) as u32;
             }
         }
     }
@@ -497,7 +586,7 @@ fn counter_of<'a>(
     descriptor: &'a RateLimitDescriptor,
     limit: &Planned<'a>,
     hits: u64,
-) -> Counter<'a, envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry> {
+) -> Counter<'a, Entry> {
     Counter {
         domain,
         entries: &descriptor.entries,

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use crate::config::{ConfigSource, RuntimeLayout};
 use crate::limiter::Algorithm;
-use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
+use crate::service::{Consume, FailurePolicy, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
+use crate::store::redis::{Credentials, RedisOptions, RedisTarget, RedisTls, Topology};
 use crate::tls::TlsSettings;
 
 /// One setting: its environment variable, default and help. The flag is the variable
@@ -64,6 +65,45 @@ pub const SPECS: &[Spec] = &[
     spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
     spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
     spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
+    spec(
+        "BACKEND_FAILURE_POLICY",
+        "error",
+        "When Redis fails: error (UNAVAILABLE; Envoy's failure_mode_deny decides), allow (answer OK) or local (count in memory)",
+    ),
+    spec("REDIS_SOCKET_TYPE", "tcp", "How REDIS_URL is read: tcp (host:port) or unix (a socket path)"),
+    spec(
+        "REDIS_TYPE",
+        "SINGLE",
+        "single, sentinel (REDIS_URL=master,sentinel1,...) or cluster (REDIS_URL=node1,node2,...)",
+    ),
+    spec("REDIS_URL", "localhost:6379", "Redis address(es): host:port, a socket path, or redis:// and rediss:// URLs"),
+    spec("REDIS_POOL_SIZE", "10", "Connections to Redis (each carries many requests at once)"),
+    spec("REDIS_AUTH", "", "Redis password, or user:password"),
+    spec("REDIS_SENTINEL_AUTH", "", "Sentinel password, or user:password"),
+    spec("REDIS_TLS", "false", "Connect to Redis over TLS"),
+    spec("REDIS_TLS_CACERT", "", "PEM CA certificates to verify Redis with (default: the system's)"),
+    spec("REDIS_TLS_CLIENT_CERT", "", "PEM client certificate for Redis"),
+    spec("REDIS_TLS_CLIENT_KEY", "", "PEM client key for Redis"),
+    spec("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "false", "Do not verify Redis's certificate (testing only)"),
+    spec("REDIS_TIMEOUT", "10s", "Bound on connecting to Redis and on every call"),
+    spec("REDIS_STARTUP_INITIAL_INTERVAL", "1s", "First pause between connection attempts at start-up"),
+    spec("REDIS_STARTUP_MAX_INTERVAL", "30s", "Longest pause between connection attempts at start-up"),
+    spec("REDIS_PERSECOND", "false", "Count per-second limits in a second Redis (the REDIS_PERSECOND_* settings)"),
+    spec("REDIS_PERSECOND_SOCKET_TYPE", "tcp", "REDIS_SOCKET_TYPE of the per-second Redis"),
+    spec("REDIS_PERSECOND_TYPE", "SINGLE", "REDIS_TYPE of the per-second Redis"),
+    spec("REDIS_PERSECOND_URL", "localhost:6380", "REDIS_URL of the per-second Redis"),
+    spec("REDIS_PERSECOND_POOL_SIZE", "10", "REDIS_POOL_SIZE of the per-second Redis"),
+    spec("REDIS_PERSECOND_AUTH", "", "REDIS_AUTH of the per-second Redis"),
+    spec("REDIS_PERSECOND_SENTINEL_AUTH", "", "REDIS_SENTINEL_AUTH of the per-second Redis"),
+    spec("REDIS_PERSECOND_TLS", "false", "REDIS_TLS of the per-second Redis (with the REDIS_TLS_* files)"),
+    spec("REDIS_PERSECOND_TIMEOUT", "10s", "REDIS_TIMEOUT of the per-second Redis"),
+    spec("CACHE_KEY_PREFIX", "", "Prefix of every Redis key"),
+    spec("EXPIRATION_JITTER_MAX_SECONDS", "300", "Fixed-window Redis keys live up to this much past their window"),
+    spec(
+        "LOCAL_CACHE_SIZE_IN_BYTES",
+        "0",
+        "Remember over-limit Redis keys in this much memory, skipping Redis (0: off)",
+    ),
     spec("DEFAULT_ALGORITHM", "fixed_window", "Algorithm of limits and domains that name none"),
     spec(
         "CONSUME",
@@ -104,7 +144,17 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("GRPC_MAX_CONNECTION_AGE", "not supported"),
     ("GRPC_MAX_CONNECTION_AGE_GRACE", "not supported"),
     ("TRACING_ENABLED", "not supported"),
-    ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported"),
+    ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported; CONSUME=all_or_nothing is the exact version"),
+    ("REDIS_PIPELINE_WINDOW", "every request is already one pipeline"),
+    ("REDIS_PIPELINE_LIMIT", "every request is already one pipeline"),
+    ("REDIS_PERSECOND_PIPELINE_WINDOW", "every request is already one pipeline"),
+    ("REDIS_PERSECOND_PIPELINE_LIMIT", "every request is already one pipeline"),
+    ("REDIS_CLUSTER_PIPELINE_PARALLELISM", "a request's slots are always sent concurrently"),
+    ("REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM", "a request's slots are always sent concurrently"),
+    ("REDIS_POOL_ON_EMPTY_BEHAVIOR", "connections are multiplexed and never run out"),
+    ("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "connections are multiplexed and never run out"),
+    ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "health always follows the Redis connection"),
+    ("REDIS_STARTUP_MAX_ELAPSED_TIME", "sluicegate retries for ever, answering by BACKEND_FAILURE_POLICY meanwhile"),
 ];
 
 /// Where settings come from.
@@ -179,9 +229,10 @@ impl Listen {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Backend {
     Memory,
+    Redis(Box<RedisOptions>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +313,19 @@ impl Reader<'_> {
         }
     }
 
+    /// As [`Reader::parse`], for settings whose default may not parse on its own (it
+    /// depends on other settings): on error, `fallback`.
+    fn parse_or<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>, fallback: T) -> T {
+        let raw = self.raw(name);
+        match parse(&raw) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                fallback
+            }
+        }
+    }
+
     fn string(&mut self, name: &str) -> String {
         self.raw(name)
     }
@@ -326,6 +390,72 @@ fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) | Err(_) => Err("expected a whole number of at least 1".into()),
         Ok(n) => Ok(n),
+    }
+}
+
+/// The Redis settings (`BACKEND_TYPE=redis`).
+fn redis_options(r: &mut Reader<'_>) -> RedisOptions {
+    let tls_files = RedisTls {
+        ca: non_empty_path(r.string("REDIS_TLS_CACERT")),
+        cert: non_empty_path(r.string("REDIS_TLS_CLIENT_CERT")),
+        key: non_empty_path(r.string("REDIS_TLS_CLIENT_KEY")),
+        skip_verification: r.boolean("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION"),
+    };
+    if tls_files.cert.is_some() != tls_files.key.is_some() {
+        let name = if tls_files.cert.is_some() { "REDIS_TLS_CLIENT_KEY" } else { "REDIS_TLS_CLIENT_CERT" };
+        r.errors.push(format!(
+            "{}=\"\" is not valid: a client certificate needs both REDIS_TLS_CLIENT_CERT and REDIS_TLS_CLIENT_KEY",
+            r.source.describe(name)
+        ));
+    }
+    let main = redis_target(r, "REDIS_", &tls_files);
+    let per_second = r.boolean("REDIS_PERSECOND").then(|| redis_target(r, "REDIS_PERSECOND_", &tls_files));
+    RedisOptions {
+        main,
+        per_second,
+        key_prefix: r.string("CACHE_KEY_PREFIX"),
+        jitter_max_secs: r.parse("EXPIRATION_JITTER_MAX_SECONDS", |s| {
+            s.parse::<u64>().map_err(|_| "expected a whole number of seconds".into())
+        }),
+        local_cache_bytes: r.parse("LOCAL_CACHE_SIZE_IN_BYTES", |s| {
+            s.parse::<usize>().map_err(|_| "expected a whole number of bytes".into())
+        }),
+        startup_backoff: (
+            r.parse("REDIS_STARTUP_INITIAL_INTERVAL", parse_positive_duration),
+            r.parse("REDIS_STARTUP_MAX_INTERVAL", parse_positive_duration),
+        ),
+    }
+}
+
+/// One deployment's settings, named with `prefix` (`REDIS_` or `REDIS_PERSECOND_`).
+fn redis_target(r: &mut Reader<'_>, prefix: &str, tls_files: &RedisTls) -> RedisTarget {
+    let name = |suffix: &str| format!("{prefix}{suffix}");
+    let socket = r.string(&name("SOCKET_TYPE"));
+    let kind = r.string(&name("TYPE"));
+    let (topology, nodes) = r.parse_or(
+        &name("URL"),
+        |url| {
+            RedisTarget::parse_addresses(&kind, &socket, url)
+                .map_err(|e| format!("{e} (with {prefix}TYPE={kind}, {prefix}SOCKET_TYPE={socket})"))
+        },
+        (Topology::Single, Vec::new()),
+    );
+    let auth = Credentials::parse(&r.string(&name("AUTH")));
+    let sentinel_auth = Credentials::parse(&r.string(&name("SENTINEL_AUTH")));
+    let tls = r.boolean(&name("TLS")).then(|| tls_files.clone());
+    let pool_size = r.parse(&name("POOL_SIZE"), parse_count);
+    let timeout = r.parse(&name("TIMEOUT"), parse_positive_duration);
+    RedisTarget { topology, nodes, auth, sentinel_auth, tls, pool_size, timeout }
+}
+
+fn non_empty_path(s: String) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("expected a duration above zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -424,11 +554,31 @@ impl Settings {
         };
         let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
         let force_start_without_initial_config = r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG");
-        let backend = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
-            "memory" => Ok(Backend::Memory),
+        let use_redis = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
+            "memory" => Ok(false),
+            "redis" => Ok(true),
             "memcache" => Err("memcache is not supported; use memory or redis".into()),
             _ => Err("expected memory or redis".into()),
         });
+        let failure_policy = r.parse("BACKEND_FAILURE_POLICY", |s| match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(FailurePolicy::Error),
+            "allow" => Ok(FailurePolicy::Allow),
+            "local" => Ok(FailurePolicy::Local),
+            _ => Err("expected error, allow or local".into()),
+        });
+        let backend = if use_redis {
+            Backend::Redis(Box::new(redis_options(&mut r)))
+        } else {
+            let set: Vec<&str> = SPECS
+                .iter()
+                .map(|s| s.env)
+                .filter(|n| (n.starts_with("REDIS_") || *n == "LOCAL_CACHE_SIZE_IN_BYTES") && r.is_set(n))
+                .collect();
+            if !set.is_empty() {
+                warnings.push(format!("{} is set but BACKEND_TYPE is memory, so Redis is not used", set.join(", ")));
+            }
+            Backend::Memory
+        };
         let memory_max_counters = r.parse("MEMORY_MAX_COUNTERS", parse_count);
         let default_algorithm = r.parse("DEFAULT_ALGORITHM", |s| {
             Algorithm::parse(s)
@@ -457,6 +607,7 @@ impl Settings {
                 max_entries: r.parse("MAX_ENTRIES", parse_count),
                 max_entry_bytes: r.parse("MAX_ENTRY_BYTES", parse_count),
             },
+            failure_policy,
         };
         let near_limit_ratio = r.parse("NEAR_LIMIT_RATIO", |s| match s.parse::<f32>() {
             Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),

@@ -11,7 +11,7 @@ use sluicegate::clock::Nanos;
 use sluicegate::config::load_texts;
 use sluicegate::rules::LimitRegistry;
 use sluicegate::store::key::LimitIdentity;
-use sluicegate::store::{Counter, MemoryStore, Store};
+use sluicegate::store::{Counter, MemoryStore, apply_in_memory};
 
 struct Counting;
 
@@ -63,7 +63,7 @@ descriptors:
 fn matching_and_counting_existing_counters_allocates_nothing() {
     let registry = Arc::new(LimitRegistry::new());
     let rules = load_texts(&[("d.yaml", RULES)], false, &registry).unwrap().rules;
-    let store = Store::Memory(Arc::new(MemoryStore::new(registry, 1000)));
+    let store = MemoryStore::new(registry, 1000);
     let domain = rules.domain("d").unwrap();
     let entry = |k: &str, v: &str| Entry { key: k.into(), value: v.into() };
     let descriptors = [
@@ -86,7 +86,8 @@ fn matching_and_counting_existing_counters_allocates_nothing() {
             params: &limit.params,
             hits: 1,
         };
-        assert!(!store.apply(&counter, Nanos::from_secs(7200)).outcome.over_limit);
+        let batch = apply_in_memory(&store, std::slice::from_ref(&counter), Nanos::from_secs(7200));
+        assert!(!batch[0].outcome.over_limit);
     };
     // The allocator really is watching.
     assert_eq!(allocations_during(|| drop(std::hint::black_box(vec![1u8]))), 1);

@@ -43,6 +43,26 @@ pub fn decide(state: u64, now: Nanos, hits: u64, params: &LimitParams) -> (Outco
     (Outcome { over_limit, before, after, remaining, reset_after }, new_state)
 }
 
+/// The outcome when an external counter (Redis's `INCRBY`) reads `after` once `hits`
+/// were added, with the same arithmetic as [`decide`].
+#[inline]
+pub fn outcome_of_count(after: u64, hits: u64, now: Nanos, params: &LimitParams) -> Outcome {
+    let window = params.window_secs.max(1);
+    let now_secs = now.as_secs();
+    let limit = u64::from(params.requests_per_unit);
+    let over_limit = after > limit;
+    let remaining = if over_limit { 0 } else { (limit - after) as u32 };
+    let reset_after = Nanos::from_secs(window - now_secs % window);
+    Outcome { over_limit, before: after.saturating_sub(hits), after, remaining, reset_after }
+}
+
+/// The start of the window holding `now`, in Unix seconds (the reference's key suffix).
+#[inline]
+pub fn window_start(now: Nanos, params: &LimitParams) -> u64 {
+    let window = params.window_secs.max(1);
+    now.as_secs() / window * window
+}
+
 /// Takes back hits counted at `consumed_at`, if the counter is still in that window.
 #[inline]
 pub fn refund(state: u64, consumed_at: Nanos, hits: u64, params: &LimitParams) -> u64 {

@@ -68,9 +68,21 @@ pub struct RuleStats {
     near_limit: Counter,
     within_limit: Counter,
     shadow_mode: Counter,
+    over_limit_with_local_cache: Counter,
 }
 
 impl RuleStats {
+    /// Records hits answered OVER_LIMIT from the local over-limit cache (reference:
+    /// `over_limit` and `over_limit_with_local_cache`, and `shadow_mode` for a shadow rule).
+    pub fn record_cached(&self, hits: u64, shadow: bool) {
+        self.total_hits.increment(hits);
+        self.over_limit.increment(hits);
+        self.over_limit_with_local_cache.increment(hits);
+        if shadow {
+            self.shadow_mode.increment(hits);
+        }
+    }
+
     /// Records one descriptor's decision, with the reference's arithmetic (its
     /// `base_limiter`): hits between the near-limit threshold and the limit are "near",
     /// hits past the limit are "over", a shadow rule's over-limit hits are "shadow".
@@ -195,6 +207,10 @@ impl Stats {
             ),
             ("ratelimit_service_rate_limit_within_limit", "Hits of OK answers"),
             ("ratelimit_service_rate_limit_shadow_mode", "Over-limit hits a shadow-mode rule let through"),
+            (
+                "ratelimit_service_rate_limit_over_limit_with_local_cache",
+                "Over-limit hits answered from the local over-limit cache, without Redis",
+            ),
             ("ratelimit_service_rate_limit_domain_not_found", "Descriptors of requests for an unknown domain"),
             ("ratelimit_service_config_load_success", "Rule loads that succeeded"),
             ("ratelimit_service_config_load_error", "Rule loads that failed (the previous rules stayed)"),
@@ -219,6 +235,18 @@ impl Stats {
             stats.recorder.describe_gauge(name.into(), None, help.into());
         }
         Arc::new(stats)
+    }
+
+    /// A counter outside the fixed set (backend metrics), registered on first use.
+    pub fn counter(&self, name: &'static str, labels_: &[(&str, &str)], help: &'static str) -> Counter {
+        self.recorder.describe_counter(name.into(), None, help.into());
+        self.recorder.register_counter(&Key::from_parts(name, labels(labels_)), &METADATA)
+    }
+
+    /// A gauge outside the fixed set (backend metrics), registered on first use.
+    pub fn gauge(&self, name: &'static str, labels_: &[(&str, &str)], help: &'static str) -> Gauge {
+        self.recorder.describe_gauge(name.into(), None, help.into());
+        self.recorder.register_gauge(&Key::from_parts(name, labels(labels_)), &METADATA)
     }
 
     pub fn near_limit_ratio(&self) -> f32 {
@@ -256,6 +284,7 @@ impl Stats {
                 "over_limit" => "ratelimit_service_rate_limit_over_limit",
                 "near_limit" => "ratelimit_service_rate_limit_near_limit",
                 "within_limit" => "ratelimit_service_rate_limit_within_limit",
+                "over_limit_with_local_cache" => "ratelimit_service_rate_limit_over_limit_with_local_cache",
                 _ => "ratelimit_service_rate_limit_shadow_mode",
             };
             self.recorder.register_counter(&Key::from_parts(name, labels(&l)), &METADATA)
@@ -266,6 +295,7 @@ impl Stats {
             near_limit: counter("near_limit"),
             within_limit: counter("within_limit"),
             shadow_mode: counter("shadow_mode"),
+            over_limit_with_local_cache: counter("over_limit_with_local_cache"),
         }
     }
 

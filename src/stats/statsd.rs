@@ -297,7 +297,23 @@ fn dotted(key: &Key) -> Option<String> {
         "ratelimit_service_response_time_seconds" => {
             format!("ratelimit_server.{}.response_time", label("grpc_method")?)
         }
-        other => other.replacen("sluicegate_", "sluicegate.", 1),
+        other => {
+            if let Some(stat) = other.strip_prefix("ratelimit_redis_pool_") {
+                format!("ratelimit.redis_pool.{stat}")
+            } else if let Some(stat) = other.strip_prefix("ratelimit_redis_per_second_pool_") {
+                format!("ratelimit.redis_per_second_pool.{stat}")
+            } else if let Some(stat) = other.strip_prefix("ratelimit_localcache_") {
+                // The reference's freecache gauge names are camel case.
+                let camel: String = stat
+                    .split('_')
+                    .enumerate()
+                    .map(|(i, w)| if i == 0 { w.to_string() } else { w[..1].to_ascii_uppercase() + &w[1..] })
+                    .collect();
+                format!("ratelimit.localcache.{camel}")
+            } else {
+                other.replacen("sluicegate_", "sluicegate.", 1)
+            }
+        }
     })
 }
 

@@ -49,6 +49,8 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The counter now holds these hits (they would have to be refunded to undo them).
     pub consumed: bool,
+    /// Answered from Redis's local over-limit cache, without asking Redis.
+    pub cached: bool,
 }
 
 type Map = papaya::HashMap<CompactKey, Slot, foldhash::fast::RandomState>;
@@ -167,7 +169,9 @@ impl MemoryStore {
         loop {
             let slot = match self.counters.get(key, &guard) {
                 Some(slot) => slot,
-                None if hits == 0 => return Applied { outcome: check_fresh(now, params), consumed: false },
+                None if hits == 0 => {
+                    return Applied { outcome: check_fresh(now, params), consumed: false, cached: false };
+                }
                 None => {
                     let slot = self.counters.get_or_insert_with(CompactKey::new(key), Slot::fresh, &guard);
                     self.after_insert(now);
@@ -384,7 +388,7 @@ fn commit(slot: &Slot, now: Nanos, hits: u64, params: &LimitParams) -> Option<Ap
         // count only admitted ones.
         let consumed = hits > 0 && (!outcome.over_limit || params.algorithm == Algorithm::FixedWindow);
         if next == word || slot.state.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            return Some(Applied { outcome, consumed });
+            return Some(Applied { outcome, consumed, cached: false });
         }
     }
 }

@@ -1,25 +1,49 @@
 //! Where counters live.
 //!
 //! Owns applying a request's hits to its counters and returning each limit's outcome.
-//! The store is an enum, not a trait object: the memory path stays synchronous and
+//! The store is an enum, not a trait object: the memory path never waits and stays
 //! inlined, and each backend encodes its own keys from the same structured description
 //! of a counter ([`Counter`]), so no joined string ever identifies a counter in memory.
+//! A request's counters go to the store as one batch, which Redis turns into one round
+//! trip.
 //!
 //! This module must not match rules or build responses.
 
 pub mod key;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::clock::Nanos;
 use crate::limiter::{LimitParams, Outcome};
 use crate::rules::{EntryView, Rule};
 use key::LimitIdentity;
 pub use memory::{Applied, MemoryStore};
+pub use redis::RedisStore;
+
+/// The outcomes of one batch, in the batch's order.
+pub type Batch = SmallVec<[Applied; 8]>;
+
+/// Why a backend could not apply a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError {
+    /// What failed, naming the backend (never credentials).
+    pub message: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
 
 /// One limit of one request descriptor.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Counter<'a, E> {
     pub domain: &'a str,
     pub entries: &'a [E],
@@ -29,6 +53,15 @@ pub struct Counter<'a, E> {
     pub params: &'a LimitParams,
     pub hits: u64,
 }
+
+// By hand: derived impls would require `E: Copy`, but only references to `E` are held.
+impl<E> Clone for Counter<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Counter<'_, E> {}
 
 impl<'a, E: EntryView> Counter<'a, E> {
     /// The memory store's key for this counter.
@@ -49,43 +82,75 @@ impl<'a, E: EntryView> Counter<'a, E> {
 #[derive(Clone, Debug)]
 pub enum Store {
     Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
-    /// Applies one counter's hits and decides.
+    /// Applies every counter's hits and decides each, in order. The memory store never
+    /// fails and never waits; Redis sends the whole batch in one round trip.
     #[inline]
-    pub fn apply<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Applied {
+    pub async fn apply_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        now: Nanos,
+    ) -> Result<Batch, StoreError> {
         match self {
-            Store::Memory(memory) => {
-                memory.apply_with_key(|buf| counter.encode(buf), counter.params, counter.hits, now)
-            }
+            Store::Memory(memory) => Ok(apply_in_memory(memory, counters, now)),
+            Store::Redis(redis) => redis.apply_batch(counters, now).await,
         }
     }
 
-    /// Takes back the hits a decision at `consumed_at` counted (a rejected request
+    /// Takes back the hits that decisions at `consumed_at` counted (a rejected request
     /// under `CONSUME=all_or_nothing`).
-    pub fn refund<E: EntryView>(&self, counter: &Counter<'_, E>, consumed_at: Nanos) {
+    pub async fn refund_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        consumed_at: Nanos,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory(memory) => {
-                memory.refund_with_key(|buf| counter.encode(buf), counter.params, counter.hits, consumed_at)
+                refund_in_memory(memory, counters, consumed_at);
+                Ok(())
             }
+            Store::Redis(redis) => redis.refund_batch(counters, consumed_at).await,
         }
     }
 
-    /// The current decision for a counter, without changing it.
-    pub fn peek<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Outcome {
+    /// The in-process counters behind this store: the memory store itself, or Redis's
+    /// fallback under `BACKEND_FAILURE_POLICY=local`.
+    pub fn memory(&self) -> Option<&Arc<MemoryStore>> {
+        match self {
+            Store::Memory(m) => Some(m),
+            Store::Redis(r) => r.fallback(),
+        }
+    }
+
+    /// The current decision for a counter, without changing it (memory only; `None`
+    /// for Redis, where a look costs a round trip).
+    pub fn peek<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Option<Outcome> {
         match self {
             Store::Memory(memory) => {
                 let mut buf = Vec::new();
                 counter.encode(&mut buf);
-                memory.peek(&buf, counter.params, now)
+                Some(memory.peek(&buf, counter.params, now))
             }
+            Store::Redis(_) => None,
         }
     }
+}
 
-    pub fn memory(&self) -> Option<&Arc<MemoryStore>> {
-        match self {
-            Store::Memory(m) => Some(m),
-        }
+/// Applies a batch to in-process counters.
+#[inline]
+pub fn apply_in_memory<E: EntryView>(memory: &MemoryStore, counters: &[Counter<'_, E>], now: Nanos) -> Batch {
+    counters
+        .iter()
+        .map(|counter| memory.apply_with_key(|buf| counter.encode(buf), counter.params, counter.hits, now))
+        .collect()
+}
+
+/// Takes back a batch's hits from in-process counters.
+pub fn refund_in_memory<E: EntryView>(memory: &MemoryStore, counters: &[Counter<'_, E>], consumed_at: Nanos) {
+    for counter in counters {
+        memory.refund_with_key(|buf| counter.encode(buf), counter.params, counter.hits, consumed_at);
     }
 }

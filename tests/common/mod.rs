@@ -3,6 +3,8 @@
 //! tiny HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

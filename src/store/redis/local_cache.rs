@@ -1,0 +1,99 @@
+//! The local over-limit cache (`LOCAL_CACHE_SIZE_IN_BYTES`).
+//!
+//! Once Redis says a fixed-window key is over its limit, it stays over until its window
+//! ends (a fixed window's count only grows), so later requests for that key are answered
+//! here, without a round trip, until the window's end. As in the reference this only
+//! remembers over-limit keys, and only for fixed windows, where the answer cannot change;
+//! a key's window start is part of the key, so an entry can never outlive its meaning.
+//!
+//! Bounded: the byte budget becomes a cap on entries (each costs its key plus about 64
+//! bytes); at the cap, expired entries are dropped, and if none have expired the new
+//! entry is not cached (the answer is still right, just not cached).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::clock::Nanos;
+
+/// What one entry costs besides its key: the map's slot, the boxed key's header and the
+/// expiry.
+const ENTRY_OVERHEAD: usize = 64;
+/// The typical key length the byte budget is divided by.
+const TYPICAL_KEY: usize = 64;
+
+#[derive(Debug)]
+pub struct OverLimitCache {
+    entries: papaya::HashMap<Box<str>, Nanos, foldhash::fast::RandomState>,
+    max_entries: usize,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl OverLimitCache {
+    /// `None` for a budget of 0 (the cache is off).
+    pub fn new(bytes: usize) -> Option<OverLimitCache> {
+        (bytes > 0).then(|| OverLimitCache {
+            entries: papaya::HashMap::default(),
+            max_entries: (bytes / (ENTRY_OVERHEAD + TYPICAL_KEY)).max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// The end of the window `key` is known to be over in, if it has not passed.
+    pub fn lookup(&self, key: &str, now: Nanos) -> Option<Nanos> {
+        let found = self.entries.pin().get(key).copied().filter(|until| *until > now);
+        let stat = if found.is_some() { &self.hits } else { &self.misses };
+        stat.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Remembers that `key` is over its limit until `until`.
+    pub fn insert(&self, key: &str, until: Nanos, now: Nanos) {
+        let entries = self.entries.pin();
+        if entries.len() >= self.max_entries {
+            entries.retain(|_, expiry| *expiry > now);
+            if entries.len() >= self.max_entries {
+                return;
+            }
+        }
+        entries.insert(key.into(), until);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max_entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_the_window_ends_and_stays_bounded() {
+        let cache = OverLimitCache::new(128 * 3).unwrap();
+        assert_eq!(cache.capacity(), 3);
+        let t = Nanos::from_secs(100);
+        cache.insert("a", Nanos::from_secs(120), t);
+        assert_eq!(cache.lookup("a", t), Some(Nanos::from_secs(120)));
+        assert_eq!(cache.lookup("a", Nanos::from_secs(120)), None, "gone at the window's end");
+        assert_eq!(cache.lookup("b", t), None);
+        cache.insert("b", Nanos::from_secs(110), t);
+        cache.insert("c", Nanos::from_secs(130), t);
+        cache.insert("d", Nanos::from_secs(130), t);
+        assert_eq!(cache.len(), 3, "full: d is not cached");
+        assert_eq!(cache.lookup("d", t), None);
+        // Once b has expired, there is room again.
+        cache.insert("d", Nanos::from_secs(130), Nanos::from_secs(111));
+        assert!(cache.lookup("d", Nanos::from_secs(111)).is_some());
+        assert_eq!(cache.hits.load(Ordering::Relaxed), 2);
+        assert!(OverLimitCache::new(0).is_none());
+    }
+}
