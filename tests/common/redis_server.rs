@@ -32,7 +32,21 @@ impl RedisServer {
     /// A single node with no persistence; `extra` are more `redis-server` arguments
     /// (`--requirepass secret`).
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        // Another test may take the free port first; then try another.
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start(free_port(), extra) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of five free ports");
+    }
+
+    /// A single node on a given port.
+    pub fn start_on(port: u16) -> RedisServer {
+        Self::try_start(port, &[]).unwrap_or_else(|| panic!("redis-server did not start on port {port}"))
+    }
+
+    fn try_start(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let dir = TempDir::new(&format!("redis-{port}"));
         let mut args: Vec<String> = [
             "--port",
@@ -51,11 +65,12 @@ impl RedisServer {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut server = RedisServer { port, child: None, args, dir };
-        server.spawn();
-        server
+        server.spawn().then_some(server)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process and waits until it accepts connections; false if it exited
+    /// (its port was taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(&self.args)
             .stdout(Stdio::null())
@@ -65,8 +80,18 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                // Connected, but to this server? It would have exited on a taken port.
+                std::thread::sleep(Duration::from_millis(20));
+                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    self.child = None;
+                    return false;
+                }
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -88,7 +113,7 @@ impl RedisServer {
     /// Starts it again on the same port (empty: nothing was persisted).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open and
@@ -190,5 +215,56 @@ impl RedisCluster {
             all.extend(keys.into_iter().map(|k| (n.port, k)));
         }
         all
+    }
+}
+
+/// A TCP proxy in front of Redis that counts what the client sends: every read from the
+/// client side is one burst of commands, so a request that costs one round trip shows as
+/// one burst (a second round trip could only start after the reply came back).
+pub struct CountingProxy {
+    pub port: u16,
+    bursts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(upstream: u16) -> CountingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bursts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = bursts.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+            }
+        });
+        CountingProxy { port, bursts, task }
+    }
+
+    pub fn bursts(&self) -> u64 {
+        self.bursts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

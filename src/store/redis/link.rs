@@ -93,6 +93,10 @@ impl Link {
         if pong != "PONG" {
             return Err(format!("PING answered {pong:?}"));
         }
+        // Loaded now, so calls by SHA find it (a Cluster sends this to every master).
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(super::script::SOURCE);
+        let _: redis::Value = link.query_cmd(&load).await.map_err(fail)?;
         Ok(link)
     }
 

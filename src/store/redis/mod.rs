@@ -329,13 +329,46 @@ impl RedisStore {
             vec![(0..planned.len()).collect()]
         };
         let mut replies: Vec<SmallVec<[Value; 2]>> = vec![SmallVec::new(); planned.len()];
-        let mut retry_in_full = Vec::new();
+        self.send_groups(backend, link, planned, &groups, &command, ScriptCall::BySha, &mut replies).await?;
+        // Redis lost the script (a restart, a failover, SCRIPT FLUSH): send those calls
+        // again with the script in full, which also loads it for the next ones.
+        let lost: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|members| members.iter().copied().filter(|&i| replies[i].iter().any(is_noscript)).collect())
+            .filter(|members: &Vec<usize>| !members.is_empty())
+            .collect();
+        if !lost.is_empty() {
+            tracing::info!(backend = backend.name, "Redis lost the decision script; sending it again");
+            self.send_groups(backend, link, planned, &lost, &command, ScriptCall::InFull, &mut replies).await?;
+        }
+        for reply in &replies {
+            if let Some(Value::ServerError(e)) = reply.iter().find(|v| matches!(v, Value::ServerError(_))) {
+                let e: redis::RedisError = e.clone().into();
+                return Err(self.fail(backend, &e));
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Sends one pipeline per group (concurrently) and stores each planned counter's
+    /// replies at its index.
+    #[allow(clippy::too_many_arguments)] // private; grouping them would only rename them
+    async fn send_groups(
+        &self,
+        backend: &Deployment,
+        link: &Link,
+        planned: &[&Planned],
+        groups: &[Vec<usize>],
+        command: &impl Fn(&Planned, ScriptCall) -> SmallVec<[redis::Cmd; 2]>,
+        script: ScriptCall,
+        replies: &mut [SmallVec<[Value; 2]>],
+    ) -> Result<(), StoreError> {
         let sent = join_all(groups.iter().map(|members| {
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
             let mut shape = Vec::with_capacity(members.len());
             for &i in members {
-                let commands = command(planned[i], ScriptCall::BySha);
+                let commands = command(planned[i], script);
                 shape.push(commands.len());
                 for c in commands {
                     pipeline.add_command(c);
@@ -345,34 +378,12 @@ impl RedisStore {
         }))
         .await;
         for (members, (result, shape)) in groups.iter().zip(sent) {
-            let values = result?;
-            let mut values = values.into_iter();
+            let mut values = result?.into_iter();
             for (&i, n) in members.iter().zip(shape) {
-                let reply: SmallVec<[Value; 2]> = values.by_ref().take(n).collect();
-                if reply.iter().any(is_noscript) {
-                    retry_in_full.push(i);
-                }
-                replies[i] = reply;
+                replies[i] = values.by_ref().take(n).collect();
             }
         }
-        if !retry_in_full.is_empty() {
-            tracing::info!(backend = backend.name, "Redis lost the decision script; sending it again");
-            for i in retry_in_full {
-                let mut pipeline = redis::pipe();
-                pipeline.ignore_errors();
-                for c in command(planned[i], ScriptCall::InFull) {
-                    pipeline.add_command(c);
-                }
-                replies[i] = self.send(backend, link, &pipeline).await?.into_iter().collect();
-            }
-        }
-        for reply in &replies {
-            if let Some(Value::ServerError(e)) = reply.iter().find(|v| matches!(v, Value::ServerError(_))) {
-                let e: redis::RedisError = e.clone().into();
-                return Err(self.fail(backend, &e));
-            }
-        }
-        Ok(replies)
+        Ok(())
     }
 
     /// Sends one pipeline within the deadline.
