@@ -91,6 +91,28 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// Where counters live and, for Redis, each deployment's state (addresses only: no
+/// credentials).
+fn backend_state(store: &crate::store::Store, policy: crate::service::FailurePolicy) -> serde_json::Value {
+    match store {
+        crate::store::Store::Memory(memory) => serde_json::json!({
+            "type": "memory",
+            "counters": memory.len(),
+            "max_counters": memory.max_counters(),
+        }),
+        crate::store::Store::Redis(redis) => serde_json::json!({
+            "type": "redis",
+            "failure_policy": format!("{policy:?}").to_ascii_lowercase(),
+            "deployments": redis.backends().map(|d| serde_json::json!({
+                "name": d.name,
+                "target": d.target.describe(),
+                "up": d.is_up(),
+            })).collect::<Vec<_>>(),
+            "local_cache_entries": redis.local_cache().map(|c| c.len()),
+        }),
+    }
+}
+
 async fn debug_config(State(state): State<HttpState>) -> Response {
     use std::sync::atomic::Ordering;
     let snapshot = state.reloader.config.load();
@@ -116,6 +138,7 @@ async fn debug_config(State(state): State<HttpState>) -> Response {
             "failed": status.failed.load(Ordering::Relaxed),
         },
         "last_reload_error": failure,
+        "backend": backend_state(state.limiter.store(), state.limiter.options().failure_policy),
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }

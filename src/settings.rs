@@ -575,7 +575,9 @@ impl Settings {
                 .filter(|n| (n.starts_with("REDIS_") || *n == "LOCAL_CACHE_SIZE_IN_BYTES") && r.is_set(n))
                 .collect();
             if !set.is_empty() {
-                warnings.push(format!("{} is set but BACKEND_TYPE is memory, so Redis is not used", set.join(", ")));
+                let verb = if set.len() == 1 { "is" } else { "are" };
+                warnings
+                    .push(format!("{} {verb} set but BACKEND_TYPE is memory, so Redis is not used", set.join(", ")));
             }
             Backend::Memory
         };
@@ -777,6 +779,68 @@ mod tests {
         let s = parse(&[("RUNTIME_SUBDIRECTORY", "ratelimit")]).unwrap();
         assert_eq!(s.config_source, ConfigSource::Paths(vec![PathBuf::from("config")]));
         assert_eq!(s.warnings, vec!["--config is given, so RUNTIME_SUBDIRECTORY is ignored"]);
+    }
+
+    #[test]
+    fn redis_settings_parse_with_the_reference_names() {
+        let s = parse(&[
+            ("BACKEND_TYPE", "REDIS"),
+            ("REDIS_TYPE", "cluster"),
+            ("REDIS_URL", "10.0.0.1:7000,10.0.0.2:7000"),
+            ("REDIS_AUTH", "app:pw"),
+            ("REDIS_POOL_SIZE", "4"),
+            ("REDIS_TIMEOUT", "250ms"),
+            ("REDIS_PERSECOND", "true"),
+            ("REDIS_PERSECOND_URL", "/run/redis.sock"),
+            ("REDIS_PERSECOND_SOCKET_TYPE", "unix"),
+            ("CACHE_KEY_PREFIX", "rl:"),
+            ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
+            ("BACKEND_FAILURE_POLICY", "local"),
+            ("REDIS_PIPELINE_WINDOW", "150us"),
+        ])
+        .unwrap();
+        let Backend::Redis(redis) = &s.backend else { panic!("{:?}", s.backend) };
+        assert_eq!(redis.main.topology, Topology::Cluster);
+        assert_eq!(redis.main.nodes.len(), 2);
+        assert_eq!(redis.main.auth, Credentials::parse("app:pw"));
+        assert_eq!((redis.main.pool_size, redis.main.timeout), (4, Duration::from_millis(250)));
+        let per_second = redis.per_second.as_ref().unwrap();
+        assert_eq!(per_second.nodes, vec![crate::store::redis::NodeAddr::Unix("/run/redis.sock".into())]);
+        assert_eq!(per_second.timeout, Duration::from_secs(10));
+        assert_eq!((redis.key_prefix.as_str(), redis.jitter_max_secs, redis.local_cache_bytes), ("rl:", 300, 1 << 20));
+        assert_eq!(s.service.failure_policy, FailurePolicy::Local);
+        assert!(s.warnings.iter().any(|w| w.starts_with("REDIS_PIPELINE_WINDOW is set but has no effect")));
+        assert!(!format!("{s:?}").contains("pw\""), "credentials are masked in Debug");
+    }
+
+    #[test]
+    fn bad_redis_settings_are_all_named() {
+        let err = parse(&[
+            ("BACKEND_TYPE", "redis"),
+            ("REDIS_TYPE", "sentinel"),
+            ("REDIS_URL", "only-a-master-name"),
+            ("REDIS_TIMEOUT", "0"),
+            ("BACKEND_FAILURE_POLICY", "ignore"),
+            ("REDIS_TLS_CLIENT_CERT", "/c.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(err.0[0].starts_with("BACKEND_FAILURE_POLICY=\"ignore\" is not valid"), "{err}");
+        assert!(err.0[1].contains("REDIS_TLS_CLIENT_KEY"), "{err}");
+        assert!(err.0[2].contains("Expected master name"), "{err}");
+        assert!(err.0[3].starts_with("REDIS_TIMEOUT=\"0\""), "{err}");
+        let err = parse(&[("BACKEND_TYPE", "redis"), ("REDIS_TYPE", "ring")]).unwrap_err();
+        assert!(err.0[0].contains("Unrecognized redis type ring"), "{err}");
+    }
+
+    #[test]
+    fn redis_settings_without_redis_are_pointed_out() {
+        let s = parse(&[("REDIS_URL", "redis:6379"), ("LOCAL_CACHE_SIZE_IN_BYTES", "1000")]).unwrap();
+        assert_eq!(s.backend, Backend::Memory);
+        assert_eq!(
+            s.warnings,
+            vec!["REDIS_URL, LOCAL_CACHE_SIZE_IN_BYTES are set but BACKEND_TYPE is memory, so Redis is not used"]
+        );
     }
 
     #[test]

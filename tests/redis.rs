@@ -255,7 +255,9 @@ async fn requirepass_works_and_a_wrong_password_is_reported_without_it() {
     assert_eq!(keys.len(), 1);
     server.stop().await;
 
-    let server = start(&redis.address(), &[("REDIS_AUTH", "default:wrong-pw"), ("REDIS_TIMEOUT", "500ms")]).await;
+    // A password in the URL, wrong this time: never shown.
+    let url = format!("redis://default:wrong-pw@127.0.0.1:{}/", redis.port);
+    let server = start(&url, &[("REDIS_TIMEOUT", "500ms")]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = ask(&server, &[&[("user", "a")]]).await.unwrap_err();
     assert!(matches!(err, ServiceError::Backend(_)), "{err:?}");
@@ -264,6 +266,8 @@ async fn requirepass_works_and_a_wrong_password_is_reported_without_it() {
     let (status, _) = http(server.http, "GET", "/healthcheck", "").await;
     assert_eq!(status, 500, "not serving: every limited call would fail");
     let (_, config) = http(server.debug, "GET", "/debug/config", "").await;
+    assert!(config.contains("redis://default:***@127.0.0.1"), "{config}");
+    assert!(config.contains("\"up\": false"), "{config}");
     assert!(!config.contains("wrong-pw"));
     server.stop().await;
 }
@@ -572,4 +576,76 @@ async fn a_descriptor_hits_addend_of_zero_still_reads_redis_without_counting() {
     let mut conn = redis.connection(None);
     assert_eq!(keys(&mut conn).len(), 1, "checking a bucket writes nothing");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn sentinel_finds_the_master() {
+    let master = RedisServer::start(&[]);
+    let dir = common::TempDir::new("sentinel");
+    let port = common::redis_server::free_port();
+    let conf = dir.write(
+        "sentinel.conf",
+        &format!(
+            "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
+            master.port
+        ),
+    );
+    let mut sentinel = std::process::Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the sentinel listens", Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let url = format!("mymaster,127.0.0.1:{port}");
+    let server = start(&url, &[("REDIS_TYPE", "sentinel")]).await;
+    wait_up(&server).await;
+    assert_eq!(ask(&server, &[&[("user", "s")]]).await.unwrap().statuses[0].limit_remaining, 2);
+    assert_eq!(keys(&mut master.connection(None)), vec![format!("api_user_s_{}", T0 / 60 * 60)]);
+    server.stop().await;
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}
+
+#[tokio::test]
+async fn tls_to_redis_verifies_the_server_with_the_given_ca() {
+    use common::test_ca::Ca;
+    let ca = Ca::new("redis test CA");
+    let dir = common::TempDir::new("redis-tls");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let cert_file = dir.write("redis.pem", &cert);
+    let key_file = dir.write("redis.key", &key);
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let redis = RedisServer::start_tls(&[
+        "--tls-cert-file",
+        cert_file.to_str().unwrap(),
+        "--tls-key-file",
+        key_file.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca_file.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("localhost:{}", redis.port);
+    let ca_path = ca_file.to_str().unwrap();
+    let server = start(&url, &[("REDIS_TLS", "true"), ("REDIS_TLS_CACERT", ca_path)]).await;
+    wait_up(&server).await;
+    assert_eq!(ask(&server, &[&[("user", "t")]]).await.unwrap().statuses[0].limit_remaining, 2);
+    assert_eq!(ask(&server, &[&[("user", "t")]]).await.unwrap().statuses[0].limit_remaining, 1);
+    server.stop().await;
+
+    // A CA that did not issue Redis's certificate: never connected.
+    let other = Ca::new("another CA");
+    let other_file = dir.write("other.pem", &other.pem());
+    let other_path = other_file.to_str().unwrap();
+    let server =
+        start(&url, &[("REDIS_TLS", "true"), ("REDIS_TLS_CACERT", other_path), ("REDIS_TIMEOUT", "500ms")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!server.shared.redis.clone().unwrap().is_up());
+    assert!(ask(&server, &[&[("user", "t")]]).await.is_err());
+    server.stop().await;
+    drop(redis);
 }

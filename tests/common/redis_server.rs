@@ -41,16 +41,29 @@ impl RedisServer {
         panic!("redis-server did not start on any of five free ports");
     }
 
+    /// A node that speaks only TLS, on the port it reports; `extra` names the
+    /// certificate files (`--tls-cert-file` ...).
+    pub fn start_tls(extra: &[&str]) -> RedisServer {
+        Self::try_start_with(free_port(), extra, true).expect("redis-server starts with TLS")
+    }
+
     /// A single node on a given port.
     pub fn start_on(port: u16) -> RedisServer {
         Self::try_start(port, &[]).unwrap_or_else(|| panic!("redis-server did not start on port {port}"))
     }
 
     fn try_start(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        Self::try_start_with(port, extra, false)
+    }
+
+    fn try_start_with(port: u16, extra: &[&str], tls: bool) -> Option<RedisServer> {
         let dir = TempDir::new(&format!("redis-{port}"));
+        let (plain, tls_port) = if tls { ("0".to_string(), port.to_string()) } else { (port.to_string(), "0".into()) };
         let mut args: Vec<String> = [
             "--port",
-            &port.to_string(),
+            &plain,
+            "--tls-port",
+            &tls_port,
             "--bind",
             "127.0.0.1",
             "--save",
