@@ -37,13 +37,15 @@ struct Options {
     domain: String,
     key: String,
     server_pid: Option<u32>,
+    /// Another process whose CPU per call to report (Redis).
+    backend_pid: Option<u32>,
     label: String,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --target HOST:PORT [--concurrency 64] [--connections 4] [--keys 100000] \
-         [--duration 10] [--warmup 2] [--domain bench] [--key user] [--server-pid PID] [--label NAME]"
+         [--duration 10] [--warmup 2] [--domain bench] [--key user] [--server-pid PID] [--backend-pid PID] [--label NAME]"
     );
     std::process::exit(64)
 }
@@ -59,6 +61,7 @@ fn parse_options() -> Options {
         domain: "bench".into(),
         key: "user".into(),
         server_pid: None,
+        backend_pid: None,
         label: "run".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -75,6 +78,7 @@ fn parse_options() -> Options {
             "--domain" => o.domain = value.clone(),
             "--key" => o.key = value.clone(),
             "--server-pid" => o.server_pid = Some(number() as u32),
+            "--backend-pid" => o.backend_pid = Some(number() as u32),
             "--label" => o.label = value.clone(),
             _ => usage(),
         }
@@ -161,6 +165,7 @@ fn main() {
             .collect();
         tokio::time::sleep_until(measure_from.into()).await;
         let cpu_before = o.server_pid.map(cpu_nanos);
+        let backend_before = o.backend_pid.map(cpu_nanos);
         let wall_before = Instant::now();
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         let mut total = Tally::default();
@@ -173,6 +178,7 @@ fn main() {
         }
         let wall = wall_before.elapsed().as_secs_f64();
         let cpu_after = o.server_pid.map(cpu_nanos);
+        let backend_after = o.backend_pid.map(cpu_nanos);
         let calls = total.ok + total.over + total.errors;
         let rps = calls as f64 / wall;
         print!(
@@ -192,6 +198,14 @@ fn main() {
             print!(
                 " server_cpu={:.3}s server_cpu_per_call={:.2}us server_cpu_util={:.0}%",
                 cpu / 1e9,
+                cpu / 1e3 / calls.max(1) as f64,
+                cpu / 1e9 / wall * 100.0
+            );
+        }
+        if let (Some(before), Some(after)) = (backend_before, backend_after) {
+            let cpu = after.saturating_sub(before) as f64;
+            print!(
+                " backend_cpu_per_call={:.2}us backend_cpu_util={:.0}%",
                 cpu / 1e3 / calls.max(1) as f64,
                 cpu / 1e9 / wall * 100.0
             );

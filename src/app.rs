@@ -284,12 +284,14 @@ impl Started {
         let health_task = tokio::spawn(grpc::follow_health(shared.health.clone(), reporter));
         let mut workers = Vec::new();
         let mut in_flight = Vec::new();
+        let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
             let rls = RlsService::new(shared.limiter.clone());
             in_flight.push(rls.in_flight());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let server = RateLimitServiceServer::new(rls);
-            grpc::spawn_worker(index, listener, server, health_server.clone(), stop_rx.clone(), done_tx)
+            let ready = runtime_tx.clone();
+            grpc::spawn_worker(index, listener, server, health_server.clone(), stop_rx.clone(), done_tx, ready)
                 .map_err(StartError::Io)?;
             workers.push(done_rx);
         }
@@ -314,7 +316,13 @@ impl Started {
             background.push(tokio::spawn(statsd_loop(statsd, stop_rx.clone())));
         }
         if let Some(redis) = shared.redis.clone() {
-            background.extend(redis.supervise(&stop_rx));
+            // Each worker gets its own Redis connections, driven on its own runtime, so a
+            // call never crosses threads; other callers (/json) use this runtime's.
+            drop(runtime_tx);
+            let mut worker_runtimes: Vec<(usize, tokio::runtime::Handle)> = runtime_rx.iter().collect();
+            worker_runtimes.sort_by_key(|(i, _)| *i);
+            let runtimes = worker_runtimes.into_iter().map(|(_, h)| h).collect();
+            background.extend(redis.supervise(&stop_rx, tokio::runtime::Handle::current(), runtimes));
             let policy = settings.service.failure_policy;
             for backend in redis.backends() {
                 let task =

@@ -101,6 +101,17 @@ pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
     }
 }
 
+thread_local! {
+    /// This thread's worker number, on gRPC worker threads.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The gRPC worker running on this thread, if any: per-worker resources (Redis
+/// connections) are picked by it, so a call never wakes another thread.
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
 /// A listener a worker serves on.
 #[derive(Debug)]
 pub enum GrpcListener {
@@ -112,7 +123,8 @@ pub enum GrpcListener {
 
 /// Runs a tonic server for `listener` on a new thread with its own current-thread
 /// runtime, until `stop` turns true; then stops accepting and lets open calls finish.
-/// `done` is signalled when the thread's server has fully stopped.
+/// `done` is signalled when the thread's server has fully stopped; `runtime` receives
+/// the worker's runtime handle as soon as it exists.
 pub fn spawn_worker(
     index: usize,
     listener: GrpcListener,
@@ -120,6 +132,7 @@ pub fn spawn_worker(
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     mut stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,
+    runtime_ready: std::sync::mpsc::Sender<(usize, tokio::runtime::Handle)>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("grpc-{index}")).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -129,6 +142,10 @@ pub fn spawn_worker(
                 return;
             }
         };
+        WORKER.with(|w| w.set(Some(index)));
+        let _ = runtime_ready.send((index, runtime.handle().clone()));
+        drop(runtime_ready); // the receiver waits for every worker's sender to go
+
         runtime.block_on(async move {
             let stop_accepting = stop.clone();
             let stopped = async move {

@@ -257,8 +257,18 @@ impl RateLimiter {
 
     /// Answers one `ShouldRateLimit` call.
     pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
-        let result = self.answer(request).await;
-        if let Err(e) = &result
+        let result = match self.store {
+            // The memory store never waits: answer on this stack. The answer's future is a
+            // few kilobytes; kept out of this one, every call's boxed future stays small.
+            Store::Memory(_) => self.answer_now(request),
+            Store::Redis(_) => Box::pin(self.answer(request)).await,
+        };
+        self.count_error(&result);
+        result
+    }
+
+    fn count_error(&self, result: &Result<RateLimitResponse, ServiceError>) {
+        if let Err(e) = result
             && self.stats.enabled()
         {
             match e {
@@ -267,15 +277,22 @@ impl RateLimiter {
                 _ => self.stats.service_error.increment(1),
             }
         }
-        result
     }
 
     /// [`RateLimiter::should_rate_limit`] for callers without an async runtime (tests,
     /// benches). The memory store never waits, so this completes at once; a backend that
     /// does wait (Redis) needs the async call.
     pub fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+        let result = self.answer_now(request);
+        self.count_error(&result);
+        result
+    }
+
+    /// Runs [`RateLimiter::answer`] to completion in one poll, which the memory store
+    /// always allows.
+    fn answer_now(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         use std::future::Future;
-        let mut answer = std::pin::pin!(self.should_rate_limit(request));
+        let mut answer = std::pin::pin!(self.answer(request));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match answer.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(result) => result,

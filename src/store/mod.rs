@@ -96,7 +96,9 @@ impl Store {
     ) -> Result<Batch, StoreError> {
         match self {
             Store::Memory(memory) => Ok(apply_in_memory(memory, counters, now)),
-            Store::Redis(redis) => redis.apply_batch(counters, now).await,
+            // Boxed: the Redis future is large, and inline it would make every caller's
+            // future (and so every memory-backend call) that large too.
+            Store::Redis(redis) => Box::pin(redis.apply_batch(counters, now)).await,
         }
     }
 
@@ -112,7 +114,7 @@ impl Store {
                 refund_in_memory(memory, counters, consumed_at);
                 Ok(())
             }
-            Store::Redis(redis) => redis.refund_batch(counters, consumed_at).await,
+            Store::Redis(redis) => Box::pin(redis.refund_batch(counters, consumed_at)).await,
         }
     }
 

@@ -43,8 +43,9 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Connects to `target` and checks it answers `PING`.
-    pub async fn open(target: &RedisTarget) -> Result<Link, String> {
+    /// Connects to `target` with `pool_size` connections and checks it answers `PING`.
+    /// The connections' I/O runs on the runtime this is called on.
+    pub async fn open(target: &RedisTarget, pool_size: usize) -> Result<Link, String> {
         let fail = |e: RedisError| describe_error(&e);
         let timeout = Some(target.timeout);
         let certificates = target.certificates()?;
@@ -61,8 +62,8 @@ impl Link {
                     }
                 };
                 let config = AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
-                let mut connections = Vec::with_capacity(target.pool_size);
-                for _ in 0..target.pool_size.max(1) {
+                let mut connections = Vec::with_capacity(pool_size);
+                for _ in 0..pool_size.max(1) {
                     connections.push(client.get_multiplexed_async_connection_with_config(&config).await.map_err(fail)?);
                 }
                 Link::Pool { connections: connections.into(), next: AtomicUsize::new(0) }
@@ -168,6 +169,41 @@ async fn sentinel_master(target: &RedisTarget, master: &str) -> Result<redis::Cl
         .map_err(fail)
 }
 
+/// One [`Link`] per runtime that calls Redis: index 0 for the runtime that runs the
+/// service's background tasks (and `/json`), then one per gRPC worker.
+#[derive(Debug)]
+pub struct Links(Box<[Link]>);
+
+impl Links {
+    /// The link whose I/O runs on this thread's runtime.
+    pub fn here(&self) -> &Link {
+        let slot = crate::grpc::current_worker().map_or(0, |w| w + 1);
+        self.0.get(slot).unwrap_or(&self.0[0])
+    }
+
+    fn connections(&self) -> usize {
+        self.0.iter().map(Link::connections).sum()
+    }
+
+    /// Opens a link on each runtime, sharing `REDIS_POOL_SIZE` connections among them
+    /// (at least one each).
+    async fn open(target: &RedisTarget, runtimes: &[tokio::runtime::Handle]) -> Result<Links, String> {
+        let share = target.pool_size.div_ceil(runtimes.len().max(1)).max(1);
+        let opening: Vec<_> = runtimes
+            .iter()
+            .map(|runtime| {
+                let target = target.clone();
+                runtime.spawn(async move { Link::open(&target, share).await })
+            })
+            .collect();
+        let mut links = Vec::with_capacity(opening.len());
+        for handle in opening {
+            links.push(handle.await.map_err(|e| format!("connecting failed: {e}"))??);
+        }
+        Ok(Links(links.into()))
+    }
+}
+
 /// Whether an error means the link is unusable (rather than one command failing).
 pub fn is_transport_error(e: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
@@ -199,7 +235,7 @@ pub struct Deployment {
     /// `redis` or `redis_per_second`, in messages and metrics.
     pub name: &'static str,
     pub target: RedisTarget,
-    link: ArcSwapOption<Link>,
+    links: ArcSwapOption<Links>,
     /// The breaker: requests fail at once while it is open.
     open: AtomicBool,
     /// Why it opened, for the errors requests get meanwhile.
@@ -217,7 +253,7 @@ impl Deployment {
         Arc::new(Deployment {
             name,
             target,
-            link: ArcSwapOption::empty(),
+            links: ArcSwapOption::empty(),
             open: AtomicBool::new(true),
             last_error: std::sync::Mutex::new("not connected yet".into()),
             tripped: Notify::new(),
@@ -227,12 +263,12 @@ impl Deployment {
         })
     }
 
-    /// The link to use, or why there is none (the breaker is open).
-    pub fn link(&self) -> Result<Arc<Link>, String> {
+    /// The links to use, or why there are none (the breaker is open).
+    pub fn links(&self) -> Result<Arc<Links>, String> {
         if !self.open.load(Ordering::Acquire)
-            && let Some(link) = self.link.load_full()
+            && let Some(links) = self.links.load_full()
         {
-            return Ok(link);
+            return Ok(links);
         }
         let why = self.last_error.lock().map(|e| e.clone()).unwrap_or_default();
         Err(format!("{} is unavailable ({why}); waiting for it to answer again", self.name))
@@ -258,9 +294,9 @@ impl Deployment {
         }
     }
 
-    fn close(&self, link: Link) {
-        let opened = link.connections() as u64;
-        if let Some(old) = self.link.swap(Some(Arc::new(link))) {
+    fn close(&self, links: Links) {
+        let opened = links.connections() as u64;
+        if let Some(old) = self.links.swap(Some(Arc::new(links))) {
             self.connections_closed.fetch_add(old.connections() as u64, Ordering::Relaxed);
         }
         self.connections_opened.fetch_add(opened, Ordering::Relaxed);
@@ -271,17 +307,22 @@ impl Deployment {
     /// Keeps the backend connected until `stop`: connects (at start-up with the
     /// `REDIS_STARTUP_*` backoff, after an outage starting faster), then sleeps until a
     /// request trips the breaker.
-    pub async fn supervise(self: Arc<Self>, startup: (Duration, Duration), mut stop: watch::Receiver<bool>) {
+    pub async fn supervise(
+        self: Arc<Self>,
+        startup: (Duration, Duration),
+        runtimes: Arc<[tokio::runtime::Handle]>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut connected_once = false;
         loop {
             let (mut pause, max_pause) =
                 if connected_once { (RECOVERY_FIRST_PAUSE, RECOVERY_MAX_PAUSE) } else { startup };
             let mut attempts = 0u32;
             loop {
-                let attempt = tokio::time::timeout(self.target.timeout, Link::open(&self.target)).await;
+                let attempt = tokio::time::timeout(self.target.timeout, Links::open(&self.target, &runtimes)).await;
                 match attempt {
-                    Ok(Ok(link)) => {
-                        self.close(link);
+                    Ok(Ok(links)) => {
+                        self.close(links);
                         let target = self.target.describe();
                         if connected_once {
                             tracing::warn!(backend = self.name, %target, "Redis is back");

@@ -112,9 +112,22 @@ impl RedisStore {
         self.backends().all(|b| b.is_up())
     }
 
-    /// Connects every deployment and keeps it connected until `stop`.
-    pub fn supervise(&self, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.backends().map(|b| tokio::spawn(b.clone().supervise(self.options.startup_backoff, stop.clone()))).collect()
+    /// Connects every deployment and keeps it connected until `stop`. Each gRPC worker
+    /// runtime in `workers` gets connections of its own, driven on it; `main` serves
+    /// every other caller.
+    pub fn supervise(
+        &self,
+        stop: &watch::Receiver<bool>,
+        main: tokio::runtime::Handle,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let runtimes: Arc<[tokio::runtime::Handle]> = std::iter::once(main).chain(workers).collect();
+        self.backends()
+            .map(|b| {
+                let task = b.clone().supervise(self.options.startup_backoff, runtimes.clone(), stop.clone());
+                tokio::spawn(task)
+            })
+            .collect()
     }
 
     fn backend(&self, target: Target) -> &Arc<Deployment> {
@@ -156,17 +169,24 @@ impl RedisStore {
         if planned.is_empty() {
             return Ok(results);
         }
-        let per_target = [Target::Main, Target::PerSecond].map(|t| {
-            let mine: SmallVec<[&Planned; 8]> = planned.iter().filter(|p| p.target == t).collect();
-            async move {
-                if mine.is_empty() {
-                    return Ok(SmallVec::new());
+        let (main, per_second) = if self.per_second.is_none() {
+            // One deployment: no need to split or join.
+            let all: SmallVec<[&Planned; 8]> = planned.iter().collect();
+            let main = self.run_decisions(&self.main, counters, &all, now).await.map_err(|e| (Target::Main, e));
+            (main, Ok(SmallVec::new()))
+        } else {
+            let per_target = [Target::Main, Target::PerSecond].map(|t| {
+                let mine: SmallVec<[&Planned; 8]> = planned.iter().filter(|p| p.target == t).collect();
+                async move {
+                    if mine.is_empty() {
+                        return Ok(SmallVec::new());
+                    }
+                    self.run_decisions(self.backend(t), counters, &mine, now).await.map_err(|e| (t, e))
                 }
-                self.run_decisions(self.backend(t), counters, &mine, now).await.map_err(|e| (t, e))
-            }
-        });
-        let [main, per_second] = per_target;
-        let (main, per_second) = tokio::join!(main, per_second);
+            });
+            let [main, per_second] = per_target;
+            tokio::join!(main, per_second)
+        };
         let mut first_error = None;
         let mut failed: SmallVec<[&Planned; 8]> = SmallVec::new();
         for outcome in [main, per_second] {
@@ -213,7 +233,8 @@ impl RedisStore {
         planned: &[&Planned],
         now: Nanos,
     ) -> Result<SmallVec<[(usize, Applied); 8]>, StoreError> {
-        let link = backend.link().map_err(|message| StoreError { message })?;
+        let links = backend.links().map_err(|message| StoreError { message })?;
+        let link = links.here();
         let command = |p: &Planned, script: ScriptCall| -> SmallVec<[redis::Cmd; 2]> {
             let counter = &counters[p.index];
             let params = counter.params;
@@ -230,7 +251,7 @@ impl RedisStore {
                 smallvec::smallvec![call]
             }
         };
-        let replies = self.exchange(backend, &link, planned, command).await?;
+        let replies = self.exchange(backend, link, planned, command).await?;
         let mut decided = SmallVec::new();
         for (p, reply) in planned.iter().zip(replies) {
             let counter = &counters[p.index];
@@ -282,8 +303,8 @@ impl RedisStore {
                 continue;
             }
             let backend = self.backend(target);
-            let link = match backend.link() {
-                Ok(link) => link,
+            let links = match backend.links() {
+                Ok(links) => links,
                 Err(message) => {
                     // The hits went to the fallback, if anywhere: take them back there.
                     if let Some(fallback) = &self.fallback {
@@ -300,7 +321,7 @@ impl RedisStore {
                 script::refund_args(&mut call, &p.key, counter.params, counter.hits, consumed_at);
                 smallvec::smallvec![call]
             };
-            self.exchange(backend, &link, &mine, command).await?;
+            self.exchange(backend, links.here(), &mine, command).await?;
         }
         Ok(())
     }
