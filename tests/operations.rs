@@ -210,8 +210,8 @@ async fn health_waits_for_a_config_when_asked_and_flips_at_sigterm() {
     // Still answering during the grace period.
     let r = client.should_rate_limit(request("a", &[&[("k", "x")]])).await.unwrap().into_inner();
     assert_eq!(r.overall_code, Code::Ok as i32);
-    let mut child = running.child;
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).code(), Some(0));
+    let mut running = running;
+    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
     assert!(sent.elapsed() >= Duration::from_secs(3), "stayed up for the grace period");
 }
 

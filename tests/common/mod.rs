@@ -3,6 +3,7 @@
 //! tiny HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod envoy;
 pub mod redis_server;
 pub mod test_ca;
 
@@ -177,6 +178,14 @@ pub mod process {
         pub grpc: SocketAddr,
         pub http: SocketAddr,
         pub debug: SocketAddr,
+    }
+
+    impl Drop for Running {
+        /// A test that fails halfway must not leave its server running.
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 
     pub fn sluicegate() -> Command {
