@@ -197,3 +197,23 @@ fn limits_hold_with_redis_behind_sluicegate() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(keys[0].starts_with("webapp_generic_key_index_remote_address_10.0.8.1_"), "the reference's key: {keys:?}");
 }
+
+/// Envoy's own validation (`--mode validate`) of the Kubernetes example's Envoy config.
+#[test]
+fn the_kubernetes_envoy_config_passes_envoys_validation() {
+    use serde::Deserialize;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/envoy.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let manifest = serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap();
+    let config = manifest["data"]["envoy.yaml"].as_str().expect("the ConfigMap holds envoy.yaml");
+    let dir = common::TempDir::new("k8s-envoy");
+    let file = dir.write("envoy.yaml", config);
+    let out = std::process::Command::new(common::envoy::binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("OK"), "{stdout}");
+}
