@@ -33,7 +33,7 @@ use crate::limiter::{LimitParams, Outcome, Unit};
 use crate::rules::{Domain, EntryView, Rule};
 use crate::stats::{RuleStats, Stats, StatsOptions};
 use crate::store::key::LimitIdentity;
-use crate::store::{Applied, Counter, Store};
+use crate::store::{Applied, Batch, Counter, Store, apply_in_memory, refund_in_memory};
 
 pub use crate::config::reload::SharedConfig;
 
@@ -172,7 +172,7 @@ enum Matched<'a> {
     Limited(&'a Rule),
     /// No rule, in a domain with a `default_limit`.
     Default(&'a Domain),
-    Override(LimitParams),
+    Override(&'a LimitParams),
     /// Limited, but another matched rule `replaces` it in this request.
     Replaced,
 }
@@ -211,6 +211,38 @@ impl<'a> Verdict<'a> {
             unlimited: false,
             quota: false,
             rule: None,
+        }
+    }
+}
+
+/// A request, matched and planned: what each descriptor needs and every counter of the
+/// request (`limits` and `counters` run in parallel; a descriptor's `Plan::Counted` gives
+/// its range of them).
+struct RequestPlan<'a> {
+    now: Nanos,
+    domain_name: &'a str,
+    matched: SmallVec<[Matched<'a>; 8]>,
+    plans: SmallVec<[Plan<'a>; 8]>,
+    limits: SmallVec<[Planned<'a>; 8]>,
+    counters: SmallVec<[Counter<'a, Entry>; 8]>,
+}
+
+/// The counters of a rejected request that hold its hits (`CONSUME=all_or_nothing`).
+fn taken<'a>(plan: &RequestPlan<'a>, applied: &[Applied]) -> SmallVec<[Counter<'a, Entry>; 8]> {
+    plan.counters.iter().zip(applied).filter(|(_, a)| a.consumed).map(|(c, _)| *c).collect()
+}
+
+/// After a rollback, descriptors that passed report what they have once their hits are
+/// back.
+fn after_rollback(plan: &RequestPlan<'_>, verdicts: &mut [Verdict<'_>]) {
+    for (p, verdict) in plan.plans.iter().zip(verdicts.iter_mut()) {
+        if let (Plan::Counted { hits, .. }, false, Some(limit)) = (p, verdict.over_limit, verdict.reported) {
+            let most = if limit.params.algorithm.has_burst() {
+                limit.params.capacity
+            } else {
+                u64::from(limit.params.requests_per_unit)
+            };
+            verdict.remaining = (u64::from(verdict.remaining) + hits).min(most).min(u64::from(u32::MAX)) as u32;
         }
     }
 }
@@ -288,41 +320,97 @@ impl RateLimiter {
         result
     }
 
-    /// Runs [`RateLimiter::answer`] to completion in one poll, which the memory store
-    /// always allows.
+    /// The memory store's path: everything on this stack, nothing awaited.
     fn answer_now(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
-        use std::future::Future;
-        let mut answer = std::pin::pin!(self.answer(request));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match answer.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(result) => result,
-            std::task::Poll::Pending => {
-                Err(ServiceError::Unavailable("this backend answers asynchronously: use should_rate_limit".into()))
-            }
+        let Store::Memory(memory) = &self.store else {
+            return Err(ServiceError::Unavailable("this backend answers asynchronously: use should_rate_limit".into()));
+        };
+        validate(request, &self.options.caps)?;
+        let snapshot = self.config.load();
+        let Some(snapshot) = snapshot.as_deref() else {
+            return Err(ServiceError::Unavailable("no rate limit configuration loaded".into()));
+        };
+        let overrides = overrides_of(request);
+        let plan = self.plan(request, snapshot, &overrides);
+        let applied = apply_in_memory(memory, &plan.counters, plan.now);
+        let (mut verdicts, over) = self.conclude(request, &plan, &applied);
+        if over && self.rolls_back() {
+            refund_in_memory(memory, &taken(&plan, &applied), plan.now);
+            after_rollback(&plan, &mut verdicts);
         }
+        Ok(self.respond(request, &verdicts, over))
     }
 
+    /// The path of a store that waits (Redis): one batch out, one back.
     async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         validate(request, &self.options.caps)?;
         let snapshot = self.config.load();
         let Some(snapshot) = snapshot.as_deref() else {
             return Err(ServiceError::Unavailable("no rate limit configuration loaded".into()));
         };
+        let overrides = overrides_of(request);
+        let plan = self.plan(request, snapshot, &overrides);
+        let applied = if plan.counters.is_empty() {
+            Batch::new()
+        } else {
+            match self.store.apply_batch(&plan.counters, plan.now).await {
+                Ok(applied) => applied,
+                Err(e) if self.options.failure_policy == FailurePolicy::Allow => {
+                    // BACKEND_FAILURE_POLICY=allow: answer as if nothing were limited.
+                    tracing::debug!(error = %e, "backend failed; allowing the request");
+                    let verdicts: SmallVec<[Verdict<'_>; 8]> = plan
+                        .plans
+                        .iter()
+                        .map(|p| match p {
+                            Plan::Decided(v) => *v,
+                            Plan::Counted { .. } => Verdict { quota: self.options.global_quota_mode, ..Verdict::ok() },
+                        })
+                        .collect();
+                    return Ok(self.respond(request, &verdicts, false));
+                }
+                Err(e) => return Err(ServiceError::Backend(e.to_string())),
+            }
+        };
+        let (mut verdicts, over) = self.conclude(request, &plan, &applied);
+        if over && self.rolls_back() {
+            let taken = taken(&plan, &applied);
+            if !taken.is_empty() {
+                match self.store.refund_batch(&taken, plan.now).await {
+                    Ok(()) => after_rollback(&plan, &mut verdicts),
+                    Err(e) => tracing::warn!(error = %e, "could not take back the hits of a rejected request"),
+                }
+            }
+        }
+        Ok(self.respond(request, &verdicts, over))
+    }
+
+    /// Whether a rejected request's hits are taken back (`CONSUME=all_or_nothing`; in
+    /// global shadow mode nothing is rejected).
+    fn rolls_back(&self) -> bool {
+        self.options.consume == Consume::AllOrNothing && !self.options.global_shadow_mode
+    }
+
+    /// Matches every descriptor and lists every counter the request touches, so the store
+    /// gets them in one batch (one round trip to Redis).
+    fn plan<'a>(
+        &self,
+        request: &'a RateLimitRequest,
+        snapshot: &'a crate::config::ConfigSnapshot,
+        overrides: &'a [Option<LimitParams>],
+    ) -> RequestPlan<'a> {
         let now = self.clock.now();
         let domain_name = request.domain.as_str();
         let domain = snapshot.rules.domain(domain_name);
         if domain.is_none() {
             self.stats.domain_not_found(domain_name, request.descriptors.len() as u64);
         }
-        let mut matched: SmallVec<[Matched<'_>; 8]> = request.descriptors.iter().map(|d| resolve(domain, d)).collect();
+        let mut matched: SmallVec<[Matched<'a>; 8]> =
+            request.descriptors.iter().zip(overrides).map(|(d, o)| resolve(domain, d, o.as_ref())).collect();
         apply_replaces(&mut matched);
-
-        // Plan every counter of the request first, so the store gets them in one batch
-        // (one round trip to Redis).
         let request_hits = u64::from(request.hits_addend.max(1));
-        let mut plans: SmallVec<[Plan<'_>; 8]> = SmallVec::with_capacity(matched.len());
-        let mut limits: SmallVec<[Planned<'_>; 8]> = SmallVec::new();
-        let mut counters: SmallVec<[Counter<'_, Entry>; 8]> = SmallVec::new();
+        let mut plans: SmallVec<[Plan<'a>; 8]> = SmallVec::with_capacity(matched.len());
+        let mut limits: SmallVec<[Planned<'a>; 8]> = SmallVec::new();
+        let mut counters: SmallVec<[Counter<'a, Entry>; 8]> = SmallVec::new();
         for (descriptor, m) in request.descriptors.iter().zip(&matched) {
             let hits = descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value);
             let start = limits.len();
@@ -362,48 +450,33 @@ impl RateLimiter {
             counters.extend(limits[start..].iter().map(|p| counter_of(domain_name, descriptor, p, hits)));
             plans.push(Plan::Counted { limits: start..limits.len(), hits, rule });
         }
+        RequestPlan { now, domain_name, matched, plans, limits, counters }
+    }
 
-        let applied = if counters.is_empty() {
-            SmallVec::new()
-        } else {
-            match self.store.apply_batch(&counters, now).await {
-                Ok(applied) => applied,
-                Err(e) if self.options.failure_policy == FailurePolicy::Allow => {
-                    // BACKEND_FAILURE_POLICY=allow: answer as if nothing were limited.
-                    tracing::debug!(error = %e, "backend failed; allowing the request");
-                    let verdicts: SmallVec<[Verdict<'_>; 8]> = plans
-                        .iter()
-                        .map(|p| match p {
-                            Plan::Decided(v) => *v,
-                            Plan::Counted { .. } => Verdict { quota: self.options.global_quota_mode, ..Verdict::ok() },
-                        })
-                        .collect();
-                    return Ok(self.respond(request, &verdicts, false));
-                }
-                Err(e) => return Err(ServiceError::Backend(e.to_string())),
-            }
-        };
-
-        let mut verdicts: SmallVec<[Verdict<'_>; 8]> = SmallVec::with_capacity(plans.len());
-        for (plan, (descriptor, m)) in plans.iter().zip(request.descriptors.iter().zip(&matched)) {
-            verdicts.push(match plan {
+    /// Every descriptor's verdict from the store's outcomes, and the overall answer.
+    fn conclude<'a>(
+        &self,
+        request: &'a RateLimitRequest,
+        plan: &RequestPlan<'a>,
+        applied: &[Applied],
+    ) -> (SmallVec<[Verdict<'a>; 8]>, bool) {
+        let mut verdicts: SmallVec<[Verdict<'a>; 8]> = SmallVec::with_capacity(plan.plans.len());
+        for (p, (descriptor, m)) in plan.plans.iter().zip(request.descriptors.iter().zip(&plan.matched)) {
+            verdicts.push(match p {
                 Plan::Decided(v) => *v,
                 Plan::Counted { limits: range, hits, rule } => self.verdict(
-                    domain_name,
+                    plan.domain_name,
                     descriptor,
                     m,
                     *rule,
-                    &limits[range.clone()],
+                    &plan.limits[range.clone()],
                     &applied[range.clone()],
                     *hits,
                 ),
             });
         }
         let over = is_over_limit(&verdicts);
-        if over && self.options.consume == Consume::AllOrNothing && !self.options.global_shadow_mode {
-            self.roll_back(&plans, &counters, &applied, &mut verdicts, now).await;
-        }
-        Ok(self.respond(request, &verdicts, over))
+        (verdicts, over)
     }
 
     /// One counted descriptor's answer from its limits' outcomes, with its stats.
@@ -472,37 +545,6 @@ impl RateLimiter {
             verdict.over_limit = false;
         }
         verdict
-    }
-
-    /// `CONSUME=all_or_nothing`: the request was rejected, so no limit keeps its hits.
-    /// Descriptors that passed then report what they have left after the rollback.
-    async fn roll_back(
-        &self,
-        plans: &[Plan<'_>],
-        counters: &[Counter<'_, Entry>],
-        applied: &[Applied],
-        verdicts: &mut [Verdict<'_>],
-        now: Nanos,
-    ) {
-        let taken: SmallVec<[Counter<'_, Entry>; 8]> =
-            counters.iter().zip(applied).filter(|(_, a)| a.consumed).map(|(c, _)| *c).collect();
-        if taken.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.refund_batch(&taken, now).await {
-            tracing::warn!(error = %e, "could not take back the hits of a rejected request");
-            return;
-        }
-        for (plan, verdict) in plans.iter().zip(verdicts.iter_mut()) {
-            if let (Plan::Counted { hits, .. }, false, Some(limit)) = (plan, verdict.over_limit, verdict.reported) {
-                let most = if limit.params.algorithm.has_burst() {
-                    limit.params.capacity
-                } else {
-                    u64::from(limit.params.requests_per_unit)
-                };
-                verdict.remaining = (u64::from(verdict.remaining) + hits).min(most).min(u64::from(u32::MAX)) as u32;
-            }
-        }
     }
 
     fn respond(&self, request: &RateLimitRequest, verdicts: &[Verdict<'_>], over: bool) -> RateLimitResponse {
@@ -614,14 +656,31 @@ fn counter_of<'a>(
     }
 }
 
-fn resolve<'a>(domain: Option<&'a Domain>, descriptor: &RateLimitDescriptor) -> Matched<'a> {
+/// The parameters of each descriptor's `limit` override, if it has one.
+fn overrides_of(request: &RateLimitRequest) -> SmallVec<[Option<LimitParams>; 8]> {
+    request
+        .descriptors
+        .iter()
+        .map(|d| {
+            d.limit.as_ref().map(|limit| {
+                // `validate` has already rejected undefined units.
+                let unit = Unit::from_proto_number(limit.unit).unwrap_or(Unit::Second);
+                LimitParams::fixed_window(limit.requests_per_unit, unit)
+            })
+        })
+        .collect()
+}
+
+fn resolve<'a>(
+    domain: Option<&'a Domain>,
+    descriptor: &RateLimitDescriptor,
+    override_params: Option<&'a LimitParams>,
+) -> Matched<'a> {
     // The domain check comes first: an override for an unknown domain is ignored, as in
     // the reference.
     let Some(domain) = domain else { return Matched::NoLimit };
-    if let Some(limit) = &descriptor.limit {
-        // `validate` has already rejected undefined units.
-        let unit = Unit::from_proto_number(limit.unit).unwrap_or(Unit::Second);
-        return Matched::Override(LimitParams::fixed_window(limit.requests_per_unit, unit));
+    if let Some(params) = override_params {
+        return Matched::Override(params);
     }
     match domain.find(&descriptor.entries) {
         Some(rule) if rule.unlimited => Matched::Unlimited(rule),
