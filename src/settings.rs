@@ -700,7 +700,12 @@ impl Settings {
     /// Settings for tests and embedding: every default, all listeners on loopback port 0,
     /// one gRPC worker, the given rule paths, no grace period.
     pub fn for_tests(config_paths: Vec<PathBuf>) -> Settings {
-        let source: HashMap<&str, &str> = [
+        Settings::for_tests_with(config_paths, &[]).expect("test settings are valid")
+    }
+
+    /// [`Settings::for_tests`] with some variables set (they win over the test defaults).
+    pub fn for_tests_with(config_paths: Vec<PathBuf>, variables: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let mut source: HashMap<&str, &str> = [
             ("HOST", "127.0.0.1"),
             ("PORT", "0"),
             ("GRPC_HOST", "127.0.0.1"),
@@ -712,7 +717,8 @@ impl Settings {
         ]
         .into_iter()
         .collect();
-        Settings::parse(&source, config_paths).expect("test settings are valid")
+        source.extend(variables.iter().copied());
+        Settings::parse(&source, config_paths)
     }
 }
 

@@ -7,7 +7,6 @@ pub mod envoy;
 pub mod redis_server;
 pub mod test_ca;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,20 +74,7 @@ pub async fn start(rules: &[(&str, &str)], settings: &[(&str, &str)], clock_secs
     for (name, text) in rules {
         dir.write(name, text);
     }
-    let mut source: HashMap<&str, &str> = [
-        ("HOST", "127.0.0.1"),
-        ("PORT", "0"),
-        ("GRPC_HOST", "127.0.0.1"),
-        ("GRPC_PORT", "0"),
-        ("GRPC_WORKERS", "1"),
-        ("DEBUG_HOST", "127.0.0.1"),
-        ("DEBUG_PORT", "0"),
-        ("SHUTDOWN_GRACE_PERIOD", "0"),
-    ]
-    .into_iter()
-    .collect();
-    source.extend(settings.iter().copied());
-    let settings = Settings::parse(&source, vec![dir.path().to_path_buf()]).unwrap();
+    let settings = Settings::for_tests_with(vec![dir.path().to_path_buf()], settings).unwrap();
     let clock = FakeClock::at_secs(clock_secs);
     let started = Server::start_with_clock(settings, clock.clone().into()).unwrap();
     let (grpc, http, debug) = (started.grpc_addr.unwrap(), started.http_addr, started.debug_addr);
