@@ -70,7 +70,10 @@ pub fn decide(state: State, now: Nanos, hits: u64, params: &LimitParams) -> Step
         index = word_index;
         now_ns = u64::from(index) * w;
     }
-    let (previous, current, aux) = if word_index == index {
+    // `word == 0` is a counter that has never counted: it may look like window 0, the
+    // window of every limit longer than the time since the epoch (a sliding window of
+    // 60 years), but it has no previous window to agree with.
+    let (previous, current, aux) = if word_index == index && state.word != 0 {
         let (aux_index, aux_count) = unpack(state.aux);
         if aux_index != index.wrapping_sub(1) {
             return Step::Retry;
@@ -142,13 +145,6 @@ pub fn fresh_at(word: u64, params: &LimitParams) -> Nanos {
     }
     let (index, _) = unpack(word);
     Nanos((u64::from(index) + 2).saturating_mul(params.window_ns))
-}
-
-/// The unix second a counter was last moved to its window (its idle clock for eviction).
-#[inline]
-pub fn touched_secs(word: u64, params: &LimitParams) -> u32 {
-    let (index, _) = unpack(word);
-    (u64::from(index).saturating_mul(params.window_secs)).min(u64::from(u32::MAX)) as u32
 }
 
 #[cfg(test)]
@@ -257,6 +253,18 @@ mod tests {
         run(&mut s, secs(1001.1), 0, &p);
         let moved = State { word: pack(1001, 0), aux: pack(1000, 3) };
         assert_eq!(unpack(refund(moved, secs(1000.1), 2, &p).aux), (1000, 1));
+    }
+
+    #[test]
+    fn windows_longer_than_the_epoch_count_from_the_first_hit() {
+        // 100 years: every time since 1970 is in window 0, the index a fresh counter has.
+        let p = params(2, Unit::Year, 100);
+        let mut s = State::default();
+        let now = Nanos::from_secs(1_764_000_000);
+        assert!(!run(&mut s, now, 1, &p).over_limit);
+        assert!(!run(&mut s, now, 1, &p).over_limit);
+        assert!(run(&mut s, now, 1, &p).over_limit);
+        assert_eq!(unpack(s.word), (0, 2));
     }
 
     #[test]
