@@ -516,15 +516,14 @@ async fn statsd_loop(statsd: Arc<StatsdSink>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Reclaims expired counters every second (or as soon as the cap is passed), pacing
-/// itself so sweeping a huge store takes at most about 5% of a core; keeps the memory
-/// gauges current.
+/// Reclaims expired counters every second, pacing itself so sweeping a huge store takes
+/// at most about 5% of a core; keeps the memory gauges current. (Eviction past the cap
+/// needs no sweeper: inserts do it.)
 async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
     let mut pause = SWEEP_INTERVAL;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = memory.over_cap() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let store = memory.clone();
@@ -537,9 +536,6 @@ async fn sweep_loop(memory: Arc<MemoryStore>, clock: Clock, stats: Arc<Stats>, m
         stats.counters_live.set(report.live as f64);
         stats.counter_evictions.absolute(memory.evictions());
         stats.counters_reclaimed.absolute(memory.reclaimed());
-        if report.evicted > 0 {
-            tracing::debug!(?report, "evicted idle counters over MEMORY_MAX_COUNTERS");
-        }
     }
 }
 

@@ -238,11 +238,6 @@ pub enum Step {
     Retry,
 }
 
-/// The state word no algorithm ever produces. The memory store writes it into a counter
-/// it is about to remove, so a request that raced with the removal retries on a fresh
-/// counter instead of counting on a dead one.
-pub const TOMBSTONE: u64 = u64::MAX;
-
 /// Decides one limit: the pure step every store runs, in memory under a CAS loop.
 #[inline]
 pub fn decide(state: State, now: Nanos, hits: u64, params: &LimitParams) -> Step {

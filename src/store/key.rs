@@ -7,23 +7,20 @@
 //! and the request's keys and values. Every field is length-prefixed, so no two different
 //! counters can encode alike, whatever bytes keys and values hold.
 //!
-//! Every key lives inside its 64-byte map entry: a key longer than [`INLINE`] bytes keeps
+//! Every key lives inside its 64-byte table entry: a key longer than [`INLINE`] bytes keeps
 //! its limit header and replaces the rest by a 128-bit keyed hash of the whole encoding
 //! (SipHash-1-3 under two random keys chosen at start-up). A collision would take about
 //! 2^64 distinct descriptors, and without the process's keys no one can aim for one; in
 //! exchange a flood of long header values costs no more memory than short ones.
 
-use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
-
 use crate::limiter::Unit;
 use crate::rules::EntryView;
 
-/// The longest key stored as it is: one value of up to about 43 bytes (an IPv4 or IPv6
-/// address, a UUID, most API keys). 47 makes a map entry (key 48 bytes, counter 16)
-/// exactly 64 bytes: one cache line in mimalloc's 64-byte size class, so a decision
-/// touches one line of counter memory.
-pub const INLINE: usize = 47;
+/// The longest key stored as it is: one value of up to about 39 bytes (an IPv4 or IPv6
+/// address, a UUID, most API keys). 43 makes a table entry (two counter words, the idle
+/// clock, the key's length and the key) exactly 64 bytes: one cache line in mimalloc's
+/// 64-byte size class, so a decision touches one line of counter memory.
+pub const INLINE: usize = 43;
 
 /// What a counter counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,55 +144,6 @@ pub enum DecodedLimit {
     Override { unit: Unit },
 }
 
-/// An owned key as stored in the map: always inline (see [`INLINE`]).
-#[derive(Clone)]
-pub struct CompactKey {
-    len: u8,
-    bytes: [u8; INLINE],
-}
-
-impl CompactKey {
-    /// # Panics
-    /// If `bytes` is longer than [`INLINE`]; [`encode`] never makes such a key.
-    pub fn new(bytes: &[u8]) -> Self {
-        assert!(bytes.len() <= INLINE, "encode() keeps keys within INLINE bytes");
-        let mut inline = [0; INLINE];
-        inline[..bytes.len()].copy_from_slice(bytes);
-        CompactKey { len: bytes.len() as u8, bytes: inline }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl Borrow<[u8]> for CompactKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for CompactKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for CompactKey {}
-
-impl Hash for CompactKey {
-    // Must hash exactly as `[u8]` does: lookups hash the borrowed slice.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl std::fmt::Debug for CompactKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CompactKey({:?})", self.as_bytes())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,10 +187,11 @@ mod tests {
     fn typical_descriptors_are_stored_as_they_are() {
         let k = key(LimitIdentity::Rule(3), &[("remote_address", "192.168.100.200")]);
         assert_eq!(k.len(), 1 + 1 + 1 + 15);
-        assert_eq!(CompactKey::new(&k).as_bytes(), &k[..]);
         let uuid = key(LimitIdentity::Rule(300), &[("api_key", "123e4567-e89b-12d3-a456-426614174000")]);
         assert_eq!(uuid.len(), 1 + 2 + 1 + 36);
-        assert_eq!(std::mem::size_of::<CompactKey>(), 48);
+        let ipv6 = key(LimitIdentity::Rule(300), &[("remote_address", "2001:0db8:85a3:0000:0000:8a2e:0370:7334")]);
+        assert_eq!(ipv6.len(), 1 + 2 + 1 + 39);
+        assert!(ipv6.len() <= INLINE);
     }
 
     #[test]

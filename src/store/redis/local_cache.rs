@@ -8,9 +8,14 @@
 //!
 //! Bounded: the byte budget becomes a cap on entries (each costs its key plus about 64
 //! bytes); at the cap, expired entries are dropped, and if none have expired the new
-//! entry is not cached (the answer is still right, just not cached).
+//! entry is not cached (the answer is still right, just not cached). Entries live in a
+//! few shards behind reader-writer locks: lookups (every request) share a read lock;
+//! only an insert (a key going over its limit, once per window) writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use crate::clock::Nanos;
 
@@ -20,9 +25,16 @@ const ENTRY_OVERHEAD: usize = 64;
 /// The typical key length the byte budget is divided by.
 const TYPICAL_KEY: usize = 64;
 
+/// Shards of the cache: enough that the worker threads rarely meet on one lock.
+const SHARDS: usize = 16;
+
+type Shard = RwLock<HashMap<Box<str>, Nanos, foldhash::fast::RandomState>>;
+
 #[derive(Debug)]
 pub struct OverLimitCache {
-    entries: papaya::HashMap<Box<str>, Nanos, foldhash::fast::RandomState>,
+    shards: Box<[Shard]>,
+    hasher: foldhash::fast::RandomState,
+    len: AtomicUsize,
     max_entries: usize,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -32,16 +44,24 @@ impl OverLimitCache {
     /// `None` for a budget of 0 (the cache is off).
     pub fn new(bytes: usize) -> Option<OverLimitCache> {
         (bytes > 0).then(|| OverLimitCache {
-            entries: papaya::HashMap::default(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            len: AtomicUsize::new(0),
             max_entries: (bytes / (ENTRY_OVERHEAD + TYPICAL_KEY)).max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
     }
 
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
     /// The end of the window `key` is known to be over in, if it has not passed.
     pub fn lookup(&self, key: &str, now: Nanos) -> Option<Nanos> {
-        let found = self.entries.pin().get(key).copied().filter(|until| *until > now);
+        let shard = self.shard(key).read().unwrap_or_else(PoisonError::into_inner);
+        let found = shard.get(key).copied().filter(|until| *until > now);
+        drop(shard);
         let stat = if found.is_some() { &self.hits } else { &self.misses };
         stat.fetch_add(1, Ordering::Relaxed);
         found
@@ -49,22 +69,29 @@ impl OverLimitCache {
 
     /// Remembers that `key` is over its limit until `until`.
     pub fn insert(&self, key: &str, until: Nanos, now: Nanos) {
-        let entries = self.entries.pin();
-        if entries.len() >= self.max_entries {
-            entries.retain(|_, expiry| *expiry > now);
-            if entries.len() >= self.max_entries {
+        if self.len() >= self.max_entries {
+            for shard in self.shards.iter() {
+                let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+                let before = shard.len();
+                shard.retain(|_, expiry| *expiry > now);
+                self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+            }
+            if self.len() >= self.max_entries {
                 return;
             }
         }
-        entries.insert(key.into(), until);
+        let mut shard = self.shard(key).write().unwrap_or_else(PoisonError::into_inner);
+        if shard.insert(key.into(), until).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn capacity(&self) -> usize {
