@@ -24,7 +24,7 @@ use crate::config::reload::{ConfigLoader, ReloadStatus, Reloader, Watching};
 use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
-use crate::rules::{BuildOptions, LimitRegistry};
+use crate::rules::LimitRegistry;
 use crate::service::FailurePolicy;
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
@@ -121,8 +121,7 @@ impl Server {
             tracing::warn!("{warning}");
         }
         let registry = Arc::new(LimitRegistry::new());
-        let options =
-            BuildOptions { merge_domains: settings.merge_domains, default_algorithm: settings.default_algorithm };
+        let options = settings.rules;
         let stats = Stats::new(settings.stats.clone());
         let reloader = Arc::new(Reloader {
             loader: ConfigLoader::new(settings.config_source.clone(), options, registry.clone()),

@@ -46,7 +46,7 @@ fn with_setting_flags(mut command: Command) -> Command {
 
 /// The flags that change how rules load (for `validate` and `explain`).
 fn with_load_flags(command: Command) -> Command {
-    ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM"].into_iter().fold(command, |command, env| {
+    ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"].into_iter().fold(command, |command, env| {
         let spec = SPECS.iter().find(|s| s.env == env).expect("a known setting");
         command.arg(
             Arg::new(env)
@@ -134,7 +134,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
 }
 
 fn load_options(matches: &ArgMatches) -> Result<BuildOptions, ExitCode> {
-    let flags: HashMap<String, String> = ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM"]
+    let flags: HashMap<String, String> = ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"]
         .into_iter()
         .filter_map(|env| matches.get_one::<String>(env).map(|v| (env.to_string(), v.clone())))
         .collect();
@@ -250,15 +250,17 @@ fn describe_outcome(domain: &Domain, rule: Option<&Rule>) -> Vec<String> {
         if rule.inherit_default && !domain.defaults().is_empty() {
             out.push(format!("and the domain's default_limit: {}", limits(domain.defaults())));
         }
-        let shared: Vec<String> = rule.path.iter().filter(|l| l.share_threshold).map(|l| l.composite()).collect();
+        let shared: Vec<String> =
+            rule.path.levels().iter().filter(|l| l.share_threshold).map(|l| l.composite()).collect();
         out.push(if shared.is_empty() {
             "counted per distinct value of the descriptor".to_string()
         } else {
             format!("counted per distinct value, sharing one count for every value matching {}", shared.join(", "))
         });
     }
-    if let Some(name) = &rule.name {
-        out.push(format!("named '{name}'"));
+    let names: Vec<&str> = rule.names().collect();
+    if !names.is_empty() {
+        out.push(format!("named '{}'", names.join("', '")));
     }
     if !rule.replaces.is_empty() {
         out.push(format!("replaces: {}", rule.replaces.join(", ")));

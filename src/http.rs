@@ -210,15 +210,15 @@ pub fn rlconfig_text(limiter: &RateLimiter) -> String {
     for domain in snapshot.rules.domains() {
         for rule in domain.rules() {
             let tail = format!(", shadow_mode: {}, quota_mode: {}", rule.shadow_mode, rule.quota_mode);
+            let stats_key = rule.stats_key();
             if rule.unlimited {
-                let _ = writeln!(out, "{}: unit=UNKNOWN requests_per_unit=0{tail}", rule.stats_key);
+                let _ = writeln!(out, "{stats_key}: unit=UNKNOWN requests_per_unit=0{tail}");
             }
             for limit in rule.limits.iter() {
                 let p = &limit.params;
                 let _ = writeln!(
                     out,
-                    "{}: unit={} requests_per_unit={}{tail}",
-                    rule.stats_key,
+                    "{stats_key}: unit={} requests_per_unit={}{tail}",
                     p.unit.name(),
                     p.requests_per_unit
                 );

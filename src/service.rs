@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 
 use crate::clock::{Clock, Nanos};
 use crate::limiter::{LimitParams, Outcome, Unit};
-use crate::rules::{Domain, EntryView, Rule};
+use crate::rules::{Domain, EntryView, Limit, Rule};
 use crate::stats::{RuleStats, Stats, StatsOptions};
 use crate::store::key::LimitIdentity;
 use crate::store::{Applied, Batch, Counter, Store, apply_in_memory, refund_in_memory};
@@ -182,6 +182,8 @@ enum Matched<'a> {
 struct Planned<'a> {
     identity: LimitIdentity<'a>,
     params: &'a LimitParams,
+    /// The limit's `name`, reported as `current_limit.name` when it decides.
+    name: Option<&'a str>,
     /// The rule whose path shapes the counter key (`share_threshold`); `None` for
     /// defaults and overrides, keyed by the request's own entries.
     rule: Option<&'a Rule>,
@@ -252,7 +254,12 @@ fn after_rollback(plan: &RequestPlan<'_>, verdicts: &mut [Verdict<'_>]) {
 #[derive(Clone, Debug)]
 enum Plan<'a> {
     Decided(Verdict<'a>),
-    Counted { limits: std::ops::Range<usize>, hits: u64, rule: Option<&'a Rule> },
+    /// `hits` are what stats count: 0 when the descriptor gives hits back.
+    Counted {
+        limits: std::ops::Range<usize>,
+        hits: u64,
+        rule: Option<&'a Rule>,
+    },
 }
 
 impl RateLimiter {
@@ -406,13 +413,25 @@ impl RateLimiter {
         }
         let mut matched: SmallVec<[Matched<'a>; 8]> =
             request.descriptors.iter().zip(overrides).map(|(d, o)| resolve(domain, d, o.as_ref())).collect();
-        apply_replaces(&mut matched);
+        let replaced = replaced_names(&matched);
+        let kept = |limit: &Limit| limit.name.as_deref().is_none_or(|name| !replaced.contains(&name));
+        for m in matched.iter_mut() {
+            // A rule whose every limit is replaced answers as a replaced rule: OK, no limit.
+            if let Matched::Limited(rule) = m
+                && !rule.limits.is_empty()
+                && !rule.limits.iter().any(kept)
+                && !(rule.inherit_default && domain.is_some_and(|d| !d.defaults().is_empty()))
+            {
+                *m = Matched::Replaced;
+            }
+        }
         let request_hits = u64::from(request.hits_addend.max(1));
         let mut plans: SmallVec<[Plan<'a>; 8]> = SmallVec::with_capacity(matched.len());
         let mut limits: SmallVec<[Planned<'a>; 8]> = SmallVec::new();
         let mut counters: SmallVec<[Counter<'a, Entry>; 8]> = SmallVec::new();
         for (descriptor, m) in request.descriptors.iter().zip(&matched) {
             let hits = descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value);
+            let give_back = descriptor.is_negative_hits;
             let start = limits.len();
             let rule = match m {
                 Matched::NoLimit | Matched::Replaced => {
@@ -426,7 +445,7 @@ impl RateLimiter {
                 }
                 Matched::Override(params) => {
                     let identity = LimitIdentity::Override { domain: domain_name, unit: params.unit };
-                    limits.push(Planned { identity, params, rule: None });
+                    limits.push(Planned { identity, params, name: None, rule: None });
                     None
                 }
                 Matched::Default(domain) => {
@@ -434,9 +453,10 @@ impl RateLimiter {
                     None
                 }
                 Matched::Limited(rule) => {
-                    limits.extend(rule.limits.iter().map(|l| Planned {
+                    limits.extend(rule.limits.iter().filter(|l| kept(l)).map(|l| Planned {
                         identity: LimitIdentity::Rule(l.counter_id),
                         params: &l.params,
+                        name: l.name.as_deref(),
                         rule: Some(rule),
                     }));
                     if rule.inherit_default
@@ -447,8 +467,9 @@ impl RateLimiter {
                     Some(*rule)
                 }
             };
-            counters.extend(limits[start..].iter().map(|p| counter_of(domain_name, descriptor, p, hits)));
-            plans.push(Plan::Counted { limits: start..limits.len(), hits, rule });
+            counters.extend(limits[start..].iter().map(|p| counter_of(domain_name, descriptor, p, hits, give_back)));
+            let counted = if give_back { 0 } else { hits };
+            plans.push(Plan::Counted { limits: start..limits.len(), hits: counted, rule });
         }
         RequestPlan { now, domain_name, matched, plans, limits, counters }
     }
@@ -518,7 +539,7 @@ impl RateLimiter {
             // Borrowed where the series is resolved already: no reference-count traffic
             // on a rule's series, which every worker thread shares.
             match (matched, rule) {
-                (_, Some(rule)) if rule.detailed_metric || rule.path.iter().any(|l| l.value_to_metric) => {
+                (_, Some(rule)) if rule.detailed_metric || rule.value_to_metric => {
                     record(&self.stats.for_values(value_stats_key(rule, &descriptor.entries)))
                 }
                 (_, Some(rule)) => record(self.stats.for_rule(rule)),
@@ -589,9 +610,10 @@ impl RateLimiter {
 /// names the request's values: a detailed rule shows every level's `key_value`; a
 /// `value_to_metric` level shows its value; `share_threshold` levels keep the pattern.
 fn value_stats_key<E: EntryView>(rule: &Rule, entries: &[E]) -> Vec<String> {
-    let mut parts = Vec::with_capacity(rule.path.len() + 1);
+    let levels = rule.path.levels();
+    let mut parts = Vec::with_capacity(levels.len() + 1);
     parts.push(rule.domain.to_string());
-    for (level, entry) in rule.path.iter().zip(entries) {
+    for (level, entry) in levels.iter().zip(entries) {
         parts.push(if level.share_threshold {
             level.composite()
         } else if rule.detailed_metric || (level.value_to_metric && !entry.value().is_empty()) {
@@ -636,7 +658,7 @@ fn defaults_of(domain: &Domain) -> SmallVec<[Planned<'_>; 4]> {
     domain
         .defaults()
         .iter()
-        .map(|l| Planned { identity: LimitIdentity::Default(l.counter_id), params: &l.params, rule: None })
+        .map(|l| Planned { identity: LimitIdentity::Default(l.counter_id), params: &l.params, name: None, rule: None })
         .collect()
 }
 
@@ -645,6 +667,7 @@ fn counter_of<'a>(
     descriptor: &'a RateLimitDescriptor,
     limit: &Planned<'a>,
     hits: u64,
+    give_back: bool,
 ) -> Counter<'a, Entry> {
     Counter {
         domain,
@@ -653,6 +676,7 @@ fn counter_of<'a>(
         identity: limit.identity,
         params: limit.params,
         hits,
+        give_back,
     }
 }
 
@@ -682,6 +706,10 @@ fn resolve<'a>(
     if let Some(params) = override_params {
         return Matched::Override(params);
     }
+    if descriptor.entries.is_empty() {
+        // As in the reference: a lookup of no entries finds no rule (and no defaults).
+        return Matched::NoLimit;
+    }
     match domain.find(&descriptor.entries) {
         Some(rule) if rule.unlimited => Matched::Unlimited(rule),
         Some(rule) if rule.is_limited() || (rule.inherit_default && !domain.defaults().is_empty()) => {
@@ -693,30 +721,16 @@ fn resolve<'a>(
     }
 }
 
-/// Drops every matched limit whose name another matched rule of this request replaces
-/// (unlimited rules' `replaces` count too; two rules naming each other both go).
-fn apply_replaces(matched: &mut [Matched<'_>]) {
-    let any_replaces = matched.iter().any(|m| match m {
-        Matched::Limited(rule) | Matched::Unlimited(rule) => !rule.replaces.is_empty(),
-        _ => false,
-    });
-    if !any_replaces {
-        return;
-    }
-    let replaced: SmallVec<[&str; 8]> = matched
-        .iter()
-        .flat_map(|m| match m {
-            Matched::Limited(rule) | Matched::Unlimited(rule) => rule.replaces.iter().map(|r| &**r).collect(),
-            _ => SmallVec::<[&str; 4]>::new(),
-        })
-        .collect();
-    for m in matched.iter_mut() {
-        if let Matched::Limited(rule) = m
-            && rule.name.as_deref().is_some_and(|name| replaced.contains(&name))
-        {
-            *m = Matched::Replaced;
+/// Every limit name another matched rule of this request replaces (unlimited rules'
+/// `replaces` count too; two rules naming each other's limits both lose them).
+fn replaced_names<'a>(matched: &[Matched<'a>]) -> SmallVec<[&'a str; 4]> {
+    let mut replaced = SmallVec::new();
+    for m in matched {
+        if let Matched::Limited(rule) | Matched::Unlimited(rule) = m {
+            replaced.extend(rule.replaces.iter().map(|r| &**r));
         }
     }
+    replaced
 }
 
 fn proto_duration(n: Nanos) -> ProtoDuration {
@@ -730,7 +744,7 @@ fn status_of(v: &Verdict<'_>) -> DescriptorStatus {
         Some(limit) => DescriptorStatus {
             code,
             current_limit: Some(RateLimit {
-                name: v.rule.and_then(|r| r.name.as_deref()).unwrap_or_default().to_string(),
+                name: limit.name.unwrap_or_default().to_string(),
                 requests_per_unit: limit.params.requests_per_unit,
                 unit: limit.params.unit.proto_number(),
             }),
@@ -854,8 +868,9 @@ pub fn validate(request: &RateLimitRequest, caps: &RequestCaps) -> Result<(), Se
         ));
     }
     for (i, d) in request.descriptors.iter().enumerate() {
-        if d.entries.is_empty() {
-            return invalid(format!("descriptor {i} has no entries"));
+        if d.entries.is_empty() && d.limit.is_some() {
+            // The reference would count this under a malformed key.
+            return invalid(format!("descriptor {i} has a limit override but no entries"));
         }
         if d.entries.len() > caps.max_entries {
             return invalid(format!(

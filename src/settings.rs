@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::{ConfigSource, RuntimeLayout};
 use crate::limiter::Algorithm;
+use crate::rules::BuildOptions;
 use crate::service::{Consume, FailurePolicy, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
@@ -62,6 +63,11 @@ pub const SPECS: &[Spec] = &[
     spec("RUNTIME_IGNOREDOTFILES", "false", "Skip dot-files and dot-directories in the reference layout"),
     spec("RUNTIME_WATCH_ROOT", "true", "Reload when RUNTIME_ROOT is swapped rather than on file changes"),
     spec("MERGE_DOMAIN_CONFIG", "false", "Allow several files to define the same domain"),
+    spec(
+        "CONFIG_MAX_RULES",
+        "200000",
+        "Most rules (descriptor nodes, YAML aliases counted once per use) one load may build",
+    ),
     spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
     spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
     spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
@@ -252,11 +258,11 @@ pub struct Settings {
     pub http: (String, u16),
     pub debug: (String, u16),
     pub config_source: ConfigSource,
-    pub merge_domains: bool,
+    /// `MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`, `CONFIG_MAX_RULES`.
+    pub rules: BuildOptions,
     pub force_start_without_initial_config: bool,
     pub backend: Backend,
     pub memory_max_counters: usize,
-    pub default_algorithm: Algorithm,
     pub service: ServiceOptions,
     pub stats: StatsOptions,
     pub healthy_with_at_least_one_config_loaded: bool,
@@ -461,16 +467,27 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 
 /// The settings a config load depends on (`MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`),
 /// for the commands that load rules without serving.
-pub fn build_options(source: &dyn Source) -> Result<crate::rules::BuildOptions, SettingsError> {
+pub fn build_options(source: &dyn Source) -> Result<BuildOptions, SettingsError> {
     let mut r = Reader { source, errors: Vec::new() };
-    let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
-    let default_algorithm = r.parse("DEFAULT_ALGORITHM", |s| {
-        Algorithm::parse(s).ok_or_else(|| "expected fixed_window, sliding_window, token_bucket or leaky_bucket".into())
-    });
+    let options = read_build_options(&mut r);
     if !r.errors.is_empty() {
         return Err(SettingsError(r.errors));
     }
-    Ok(crate::rules::BuildOptions { merge_domains, default_algorithm })
+    Ok(options)
+}
+
+fn read_build_options(r: &mut Reader<'_>) -> BuildOptions {
+    BuildOptions {
+        merge_domains: r.boolean("MERGE_DOMAIN_CONFIG"),
+        default_algorithm: r.parse("DEFAULT_ALGORITHM", |s| {
+            Algorithm::parse(s)
+                .ok_or_else(|| "expected fixed_window, sliding_window, token_bucket or leaky_bucket".into())
+        }),
+        max_rules: r.parse("CONFIG_MAX_RULES", |s| match parse_count(s)? {
+            0 => Err("expected at least 1".into()),
+            n => Ok(n),
+        }),
+    }
 }
 
 impl Settings {
@@ -552,7 +569,7 @@ impl Settings {
             }
             ConfigSource::Runtime(layout)
         };
-        let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
+        let rules = read_build_options(&mut r);
         let force_start_without_initial_config = r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG");
         let use_redis = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
             "memory" => Ok(false),
@@ -582,10 +599,6 @@ impl Settings {
             Backend::Memory
         };
         let memory_max_counters = r.parse("MEMORY_MAX_COUNTERS", parse_count);
-        let default_algorithm = r.parse("DEFAULT_ALGORITHM", |s| {
-            Algorithm::parse(s)
-                .ok_or_else(|| "expected fixed_window, sliding_window, token_bucket or leaky_bucket".into())
-        });
         let consume = r.parse("CONSUME", |s| match s {
             "always" => Ok(Consume::Always),
             "all_or_nothing" => Ok(Consume::AllOrNothing),
@@ -682,11 +695,10 @@ impl Settings {
             http,
             debug,
             config_source,
-            merge_domains,
+            rules,
             force_start_without_initial_config,
             backend,
             memory_max_counters,
-            default_algorithm,
             service,
             stats,
             healthy_with_at_least_one_config_loaded,
@@ -741,6 +753,7 @@ mod tests {
         assert_eq!(s.shutdown_grace_period, Duration::from_secs(5));
         assert_eq!(s.stats.near_limit_ratio, 0.8);
         assert_eq!(s.memory_max_counters, DEFAULT_MAX_COUNTERS);
+        assert_eq!(s.rules, BuildOptions::default());
         assert!(s.service.response_headers.is_none());
         assert!(s.stats.statsd.is_none());
     }

@@ -159,6 +159,7 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
         let options = sluicegate::rules::BuildOptions {
             merge_domains: false,
             default_algorithm: sluicegate::limiter::Algorithm::parse(algorithm).unwrap(),
+            ..Default::default()
         };
         let snapshot = sluicegate::config::load_texts_with(&[("d.yaml", rules)], &options, &registry).unwrap();
         let limiter = Arc::new(RateLimiter::new(

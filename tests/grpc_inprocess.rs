@@ -78,7 +78,6 @@ async fn bad_requests_are_invalid_argument_and_the_service_keeps_answering() {
     let cases = vec![
         (request("", &[&[("a", "b")]]), "rate limit domain must not be empty"),
         (request("api", &[]), "rate limit descriptor list must not be empty"),
-        (request("api", &[&[("a", "b")], &[]]), "descriptor 1 has no entries"),
         (request("api", &[&[("", "b")]]), "descriptor 0 entry 0 has an empty key"),
         (request("api", &[&[("a", "b")] as &[_]; 5]), "request has 5 descriptors, more than MAX_DESCRIPTORS (4)"),
     ];
@@ -94,6 +93,14 @@ async fn bad_requests_are_invalid_argument_and_the_service_keeps_answering() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "the reference crashes on unit {unit}");
         assert!(status.message().contains("limit override has unit"), "{}", status.message());
     }
+    let mut req = request("api", &[&[("a", "b")], &[]]);
+    req.descriptors[1].limit = Some(RateLimitOverride { requests_per_unit: 5, unit: 1 });
+    let status = client.should_rate_limit(req).await.unwrap_err();
+    assert_eq!(status.message(), "descriptor 1 has a limit override but no entries");
+    // Without an override, a descriptor without entries is OK with no limit, as in the
+    // reference.
+    let r = client.should_rate_limit(request("api", &[&[("a", "b")], &[]])).await.unwrap().into_inner();
+    assert_eq!((r.overall_code, r.statuses.len()), (OK, 2));
     let r = client.should_rate_limit(request("api", &[&[("remote_address", "z")]])).await.unwrap().into_inner();
     assert_eq!(r.overall_code, OK);
     server.stop().await;

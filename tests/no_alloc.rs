@@ -85,6 +85,7 @@ fn matching_and_counting_existing_counters_allocates_nothing() {
             identity: LimitIdentity::Rule(limit.counter_id),
             params: &limit.params,
             hits: 1,
+            give_back: false,
         };
         let batch = apply_in_memory(&store, std::slice::from_ref(&counter), Nanos::from_secs(7200));
         assert!(!batch[0].outcome.over_limit);

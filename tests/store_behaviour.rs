@@ -47,6 +47,12 @@ descriptors:
     value: /files/*
     share_threshold: true
     rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: named
+    rate_limits:
+      - {requests_per_unit: 2, unit: minute, name: per_minute}
+      - {requests_per_unit: 5, unit: hour, name: per_hour}
+  - key: replacer
+    rate_limit: {unit: minute, requests_per_unit: 100, replaces: [{name: per_minute}]}
 "#;
 
 const DEFAULTS: &str = r#"
@@ -336,6 +342,74 @@ async fn counters_of_different_limits_never_share_a_key(kind: Kind) {
     assert_eq!(remaining(&b.ask(&[&[("layered", "same")]]).await), vec![3]);
 }
 
+/// `is_negative_hits`: hits given back to a counter, for every algorithm.
+async fn negative_hits_give_quota_back(kind: Kind) {
+    let b = kind.start(&[]).await;
+    let give_back = |entries: &'static [(&'static str, &'static str)], hits: u64| {
+        let mut req = request("suite", &[entries]);
+        req.descriptors[0].hits_addend = Some(UInt64Value { value: hits });
+        req.descriptors[0].is_negative_hits = true;
+        req
+    };
+    for (key, limit) in [("fixed", 3), ("sliding", 10), ("token", 20), ("bucket2", 2)] {
+        let entries: &'static [(&'static str, &'static str)] = match key {
+            "fixed" => &[("fixed", "neg")],
+            "sliding" => &[("sliding", "neg")],
+            "token" => &[("token", "neg")],
+            _ => &[("bucket2", "neg")],
+        };
+        for _ in 0..limit {
+            assert_eq!(b.ask(&[entries]).await.overall_code, OK, "{key}");
+        }
+        assert_eq!(b.ask(&[entries]).await.overall_code, OVER, "{key} is full");
+        // The fixed window counted the rejected hit too: give back two to reopen one.
+        let back = if key == "fixed" { 2 } else { 1 };
+        let r = b.server.shared.limiter.should_rate_limit(&give_back(entries, back)).await.unwrap();
+        assert_eq!((r.overall_code, remaining(&r)), (OK, vec![1]), "{key}: giving back is a check, not a hit");
+        assert_eq!(remaining(&b.ask(&[entries]).await), vec![0], "{key}: the hit given back is admitted");
+        assert_eq!(b.ask(&[entries]).await.overall_code, OVER, "{key}: and only that one");
+    }
+    // Never below empty: giving back more than was counted leaves a fresh counter.
+    let r = b.server.shared.limiter.should_rate_limit(&give_back(&[("wide", "neg")], 50)).await.unwrap();
+    assert_eq!(remaining(&r), vec![10]);
+    assert_eq!(remaining(&b.ask(&[&[("wide", "neg")]]).await), vec![9]);
+}
+
+/// A `rate_limits` item's `name`: reported when that limit decides, and replaceable.
+async fn limit_names_are_reported_and_replaceable(kind: Kind) {
+    let b = kind.start(&[]).await;
+    let name = |r: &RateLimitResponse, i: usize| r.statuses[i].current_limit.as_ref().unwrap().name.clone();
+    let r = b.ask(&[&[("named", "n")]]).await;
+    assert_eq!((remaining(&r), name(&r, 0)), (vec![1], "per_minute".to_string()), "the tightest decides");
+    b.ask(&[&[("named", "n")]]).await;
+    let r = b.ask(&[&[("named", "n")]]).await;
+    assert_eq!((r.overall_code, name(&r, 0)), (OVER, "per_minute".to_string()));
+    // With the replacer in the request, only the hourly limit counts the named key.
+    b.advance(Duration::from_secs(60));
+    let r = b.ask(&[&[("named", "m")], &[("replacer", "x")]]).await;
+    assert_eq!((remaining(&r)[0], name(&r, 0)), (4, "per_hour".to_string()));
+    for _ in 0..2 {
+        b.ask(&[&[("named", "m")], &[("replacer", "x")]]).await;
+    }
+    assert_eq!(b.ask(&[&[("named", "m")], &[("replacer", "x")]]).await.statuses[0].code, OK, "per_minute is replaced");
+}
+
+/// A descriptor without entries matches no rule, as in the reference; the others count.
+async fn an_empty_descriptor_is_ok_with_no_limit(kind: Kind) {
+    let b = kind.start(&[]).await;
+    for expected in [2, 1, 0] {
+        let r = b.ask(&[&[], &[("fixed", "e")]]).await;
+        assert_eq!((r.overall_code, remaining(&r)), (OK, vec![0, expected]));
+        assert!(r.statuses[0].current_limit.is_none());
+    }
+    assert_eq!(b.ask(&[&[], &[("fixed", "e")]]).await.overall_code, OVER);
+    assert_eq!(b.ask_in("defaults", &[&[]]).await.statuses[0].current_limit, None, "no domain default either");
+    let mut req = request("suite", &[&[]]);
+    req.descriptors[0].limit = Some(RateLimitOverride { requests_per_unit: 1, unit: 1 });
+    let err = b.server.shared.limiter.should_rate_limit(&req).await.unwrap_err();
+    assert_eq!(err.message(), "descriptor 0 has a limit override but no entries");
+}
+
 macro_rules! suite {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -371,4 +445,7 @@ suite!(
     all_or_nothing_takes_back_a_rejected_requests_hits,
     concurrent_requests_admit_exactly_the_limit,
     counters_of_different_limits_never_share_a_key,
+    negative_hits_give_quota_back,
+    limit_names_are_reported_and_replaceable,
+    an_empty_descriptor_is_ok_with_no_limit,
 );

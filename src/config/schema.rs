@@ -69,6 +69,8 @@ pub struct DescriptorDef {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LimitDef {
     pub pos: Pos,
+    /// `rate_limit.name`, or a `rate_limits` item's `name` (limit strings have none).
+    pub name: Option<String>,
     pub requests_per_unit: u32,
     pub unit: Unit,
     pub unit_multiplier: u32,
@@ -94,7 +96,8 @@ pub struct RateLimitDef {
     pub unit: Option<Unit>,
     pub requests_per_unit: u32,
     pub name: Option<String>,
-    pub replaces: Vec<String>,
+    /// The names replaced, with where each was written.
+    pub replaces: Vec<(String, Pos)>,
     /// The limit itself (absent when `unlimited`).
     pub limit: Option<LimitDef>,
 }
@@ -152,8 +155,13 @@ const DESCRIPTOR_KEYS: &[&str] = &[
 ];
 const RATE_LIMIT_KEYS: &[&str] =
     &["unit", "requests_per_unit", "unlimited", "name", "replaces", "algorithm", "burst", "unit_multiplier"];
-const LIMIT_KEYS: &[&str] = &["unit", "requests_per_unit", "algorithm", "burst", "unit_multiplier"];
+const LIMIT_KEYS: &[&str] = &["unit", "requests_per_unit", "algorithm", "burst", "unit_multiplier", "name"];
 const RESPONSE_KEYS: &[&str] = &["body", "headers"];
+
+/// The most limits one rule may have. Real rules have two or three; the cap keeps a
+/// mistaken (or generated) limit string of thousands of items a clear error, not a
+/// rule every request would spend milliseconds on.
+pub const MAX_LIMITS_PER_RULE: usize = 32;
 
 /// The longest window accepted: 100 years of 365 days.
 const MAX_WINDOW_SECS: u64 = 100 * 365 * 86_400;
@@ -359,6 +367,20 @@ impl Reader<'_> {
                 limits.extend(self.structured_limit(item, &item_fields));
             }
         }
+        if limits.len() > MAX_LIMITS_PER_RULE {
+            self.error(
+                limits[MAX_LIMITS_PER_RULE].pos,
+                format!("a rule may have at most {MAX_LIMITS_PER_RULE} limits; this one has {}", limits.len()),
+            );
+            limits.truncate(MAX_LIMITS_PER_RULE);
+        }
+        if let Some(rl) = &rate_limit {
+            for (replaced, pos) in &rl.replaces {
+                if limits.iter().skip(1).any(|l| l.name.as_deref() == Some(replaced.as_str())) {
+                    self.error(*pos, "replaces should not contain name of same descriptor");
+                }
+            }
+        }
         if rate_limit.as_ref().is_some_and(|rl| rl.unlimited) && limits.iter().any(|_| true) {
             let pos = fields.get("limit").or(fields.get("rate_limits")).map_or(node.pos, |n| n.pos);
             self.error(pos, "an unlimited rule cannot also have limit or rate_limits");
@@ -428,7 +450,7 @@ impl Reader<'_> {
                 } else if name.as_deref() == Some(replaced.as_str()) {
                     self.error(pos, "replaces should not contain name of same descriptor");
                 } else {
-                    replaces.push(replaced);
+                    replaces.push((replaced, pos));
                 }
             }
         }
@@ -440,7 +462,9 @@ impl Reader<'_> {
             }
         }
         let limit = match unit {
-            Some(unit) if valid && !unlimited => self.limit_options(node.pos, requests_per_unit, unit, &fields),
+            Some(unit) if valid && !unlimited => self
+                .limit_options(node.pos, requests_per_unit, unit, &fields)
+                .map(|l| LimitDef { name: name.clone(), ..l }),
             _ => None,
         };
         valid.then_some(RateLimitDef {
@@ -473,7 +497,7 @@ impl Reader<'_> {
                 None => return None,
             },
         };
-        Some(LimitDef { pos, requests_per_unit, unit, unit_multiplier, algorithm, burst })
+        Some(LimitDef { pos, name: None, requests_per_unit, unit, unit_multiplier, algorithm, burst })
     }
 
     /// One item of `rate_limits`.
@@ -486,7 +510,8 @@ impl Reader<'_> {
             self.error(unit_node.map_or(node.pos, |u| u.pos), format!("invalid rate limit unit '{unit_text}'"));
             return None;
         };
-        self.limit_options(node.pos, requests_per_unit, unit, fields)
+        let name = fields.get("name").and_then(|v| self.text(v, "name")).filter(|n| !n.is_empty());
+        self.limit_options(node.pos, requests_per_unit, unit, fields).map(|l| LimitDef { name, ..l })
     }
 
     /// A limit string (`limit`, `default_limit`), each error at its column.
@@ -501,9 +526,15 @@ impl Reader<'_> {
                 return Vec::new();
             }
         };
-        let at = |offset: usize| match scalar.text_offset {
+        // Columns count characters; counted incrementally, since items come in order and a
+        // long string must not cost a count from its start per item.
+        let mut counted = (0usize, 0u32);
+        let mut at = |offset: usize| match scalar.text_offset {
             Some(extra) => {
-                Pos { line: node.pos.line, col: node.pos.col + extra + scalar.text[..offset].chars().count() as u32 }
+                let (from, chars) = if offset >= counted.0 { counted } else { (0, 0) };
+                let chars = chars + scalar.text.get(from..offset).map_or(0, |t| t.chars().count() as u32);
+                counted = (offset, chars);
+                Pos { line: node.pos.line, col: node.pos.col + extra + chars }
             }
             None => node.pos,
         };
@@ -520,6 +551,7 @@ impl Reader<'_> {
                     }
                     Some(LimitDef {
                         pos: at(item.offset),
+                        name: None,
                         requests_per_unit: item.requests_per_unit,
                         unit: item.unit,
                         unit_multiplier: item.multiplier,
@@ -645,11 +677,16 @@ fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The deepest `metadata` accepted: a response carries it inside its own messages, and
+/// Envoy (like most protobuf decoders) refuses messages nested past 100 levels, each
+/// level of metadata costing two (a `Struct` and a `Value`).
+pub const MAX_METADATA_DEPTH: usize = 32;
+
 /// Converts `metadata` to the protobuf Struct returned in dynamic metadata.
 fn metadata_struct(node: &Node) -> Result<Option<Struct>, (Pos, String)> {
     match &node.value {
         Value::Scalar(s) if s.kind == ScalarKind::Null => Ok(None),
-        Value::Map(_) => match to_proto_value(node)?.kind {
+        Value::Map(_) => match to_proto_value(node, 1)?.kind {
             Some(Kind::StructValue(s)) => Ok(Some(s)),
             _ => Err((node.pos, "metadata must be a mapping".to_string())),
         },
@@ -657,7 +694,15 @@ fn metadata_struct(node: &Node) -> Result<Option<Struct>, (Pos, String)> {
     }
 }
 
-fn to_proto_value(node: &Node) -> Result<ProtoValue, (Pos, String)> {
+fn to_proto_value(node: &Node, depth: usize) -> Result<ProtoValue, (Pos, String)> {
+    if depth > MAX_METADATA_DEPTH && !matches!(node.value, Value::Scalar(_)) {
+        return Err((
+            node.pos,
+            format!(
+                "metadata nests deeper than {MAX_METADATA_DEPTH} levels, more than Envoy could decode in a response"
+            ),
+        ));
+    }
     let kind = match &node.value {
         Value::Scalar(s) => match s.kind {
             ScalarKind::Null => Kind::NullValue(0),
@@ -672,9 +717,9 @@ fn to_proto_value(node: &Node) -> Result<ProtoValue, (Pos, String)> {
             }
             ScalarKind::Str => Kind::StringValue(s.text.clone()),
         },
-        Value::Seq(items) => {
-            Kind::ListValue(ListValue { values: items.iter().map(to_proto_value).collect::<Result<_, _>>()? })
-        }
+        Value::Seq(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(|item| to_proto_value(item, depth + 1)).collect::<Result<_, _>>()?,
+        }),
         Value::Map(entries) => {
             let mut fields = std::collections::HashMap::new();
             for (k, v) in entries {
@@ -684,7 +729,7 @@ fn to_proto_value(node: &Node) -> Result<ProtoValue, (Pos, String)> {
                     Some(s) if !matches!(s.kind, ScalarKind::Null | ScalarKind::Float) => s.text.clone(),
                     _ => return Err((k.pos, format!("key {} is not a string", k.describe()))),
                 };
-                fields.insert(name, to_proto_value(v)?);
+                fields.insert(name, to_proto_value(v, depth + 1)?);
             }
             Kind::StructValue(Struct { fields })
         }
@@ -715,7 +760,7 @@ mod tests {
         assert_eq!((d.key.as_str(), d.value.as_str(), d.shadow_mode), ("k", "v", true));
         let rl = d.rate_limit.as_ref().unwrap();
         assert_eq!((rl.unit, rl.requests_per_unit, rl.name.as_deref()), (Some(Unit::Second), 5, Some("n")));
-        assert_eq!(rl.replaces, vec!["other".to_string()]);
+        assert_eq!(rl.replaces, vec![("other".to_string(), Pos { line: 11, col: 17 })]);
         assert_eq!(d.descriptors[0].key, "sub");
     }
 

@@ -8,9 +8,12 @@
 //!
 //! Scalar types resolve as the reference's YAML library (yaml.v2, YAML 1.1) does, so a
 //! file that loads there means the same here: `yes`/`on` are booleans, `0x1f` is an
-//! integer. Hostile input is bounded: nesting deeper than [`MAX_DEPTH`] and documents
-//! that expand (through aliases) past [`MAX_NODES`] nodes are errors, never a stack
-//! overflow or an out-of-memory.
+//! integer. Hostile input is bounded: nesting deeper than [`MAX_DEPTH`] (counted after
+//! alias expansion, so an alias cannot stack a deep anchor under a deep position) and
+//! documents that expand past [`MAX_NODES`] nodes or [`MAX_EXPANDED_BYTES`] of text are
+//! errors, never a stack overflow or an out-of-memory. Every later walk of the tree
+//! (the schema reader, the rule builder, metadata) may therefore recurse: no tree it is
+//! given is deeper than [`MAX_DEPTH`].
 //!
 //! This module knows nothing about rate limits.
 
@@ -20,12 +23,19 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 
-/// The deepest nesting of sequences and mappings accepted in a config file.
+/// The deepest nesting of sequences and mappings accepted in a config file, aliases
+/// expanded. A safety invariant rather than a setting: every walk of a config recurses
+/// once per level, and 128 levels fit any thread's stack many times over (a rule tree
+/// has at most 64 descriptor levels, each a list and a mapping).
 pub const MAX_DEPTH: usize = 128;
-/// The most nodes one file may expand to, counting every alias expansion.
-pub const MAX_NODES: usize = 2_000_000;
-/// The most scalar text one file may expand to through aliases.
-pub const MAX_EXPANDED_BYTES: usize = 64 * 1024 * 1024;
+/// The most nodes one file may expand to, counting every alias expansion. A node costs
+/// about a hundred bytes while the file is read, so this bounds a load's memory to about
+/// 100 MB however the aliases multiply; a rule file of 4 MiB written out without aliases
+/// has fewer.
+pub const MAX_NODES: usize = 1_000_000;
+/// The most scalar text one file may expand to through aliases: four times the largest
+/// file.
+pub const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
 
 /// A 1-based line and column in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -134,16 +144,18 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
 }
 
 /// A container under construction.
+/// `height` is the nesting inside the container so far: 1 plus the tallest child's.
 enum Open {
-    Seq { items: Vec<Node>, pos: Pos, anchor: usize },
-    Map { entries: Vec<(Node, Node)>, pending_key: Option<Node>, pos: Pos, anchor: usize },
+    Seq { items: Vec<Node>, pos: Pos, anchor: usize, height: usize },
+    Map { entries: Vec<(Node, Node)>, pending_key: Option<Node>, pos: Pos, anchor: usize, height: usize },
 }
 
 #[derive(Default)]
 struct Builder {
     documents: Vec<Node>,
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their heights (0 for a scalar).
+    anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
     /// Scalar text copied by alias expansions so far.
     expanded_bytes: usize,
@@ -194,11 +206,18 @@ impl Builder {
                 }
             }
             Event::Alias(id) => {
-                let node = self
+                let (anchored, height) = self
                     .anchors
                     .get(&id)
-                    .cloned()
                     .ok_or_else(|| YamlError { pos, message: "alias refers to an unknown anchor".to_string() })?;
+                // Checked before copying: cloning a too-deep tree would itself recurse.
+                if self.stack.len() + height > MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("nesting is deeper than {MAX_DEPTH} levels (through an alias)"),
+                    });
+                }
+                let (node, height) = (anchored.clone(), *height);
                 let (nodes, bytes) = count_nodes(&node);
                 self.count(nodes, pos)?;
                 self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
@@ -208,28 +227,32 @@ impl Builder {
                         message: format!("aliases expand the file past {MAX_EXPANDED_BYTES} bytes of text"),
                     });
                 }
-                self.finish(Node { pos, ..node }, 0)?;
+                self.finish(Node { pos, ..node }, 0, height)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
                 self.count(1, pos)?;
                 let scalar = resolve_scalar(text, style, tag.as_deref());
-                self.finish(Node { value: Value::Scalar(scalar), pos }, anchor)?;
+                self.finish(Node { value: Value::Scalar(scalar), pos }, anchor, 0)?;
             }
             Event::SequenceStart(anchor, _) => {
-                self.open(Open::Seq { items: Vec::new(), pos, anchor }, pos)?;
+                self.open(Open::Seq { items: Vec::new(), pos, anchor, height: 1 }, pos)?;
             }
             Event::MappingStart(anchor, _) => {
-                self.open(Open::Map { entries: Vec::new(), pending_key: None, pos, anchor }, pos)?;
+                self.open(Open::Map { entries: Vec::new(), pending_key: None, pos, anchor, height: 1 }, pos)?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let node = match self.stack.pop() {
-                    Some(Open::Seq { items, pos, anchor }) => (Node { value: Value::Seq(items), pos }, anchor),
-                    Some(Open::Map { entries, pos, anchor, .. }) => (Node { value: Value::Map(entries), pos }, anchor),
+                let (node, anchor, height) = match self.stack.pop() {
+                    Some(Open::Seq { items, pos, anchor, height }) => {
+                        (Node { value: Value::Seq(items), pos }, anchor, height)
+                    }
+                    Some(Open::Map { entries, pos, anchor, height, .. }) => {
+                        (Node { value: Value::Map(entries), pos }, anchor, height)
+                    }
                     None => {
                         return Err(YamlError { pos, message: "unbalanced end of collection".to_string() });
                     }
                 };
-                self.finish(node.0, node.1)?;
+                self.finish(node, anchor, height)?;
             }
         }
         Ok(())
@@ -255,20 +278,27 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
+    /// Adds a finished node (`height` levels of containers tall) to its parent.
+    fn finish(&mut self, node: Node, anchor: usize, height: usize) -> Result<(), YamlError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), height));
         }
         match self.stack.last_mut() {
             None => {
                 self.documents.push(node);
                 self.root_done = true;
             }
-            Some(Open::Seq { items, .. }) => items.push(node),
-            Some(Open::Map { entries, pending_key, .. }) => match pending_key.take() {
-                None => *pending_key = Some(node),
-                Some(key) => entries.push((key, node)),
-            },
+            Some(Open::Seq { items, height: parent, .. }) => {
+                *parent = (*parent).max(height + 1);
+                items.push(node);
+            }
+            Some(Open::Map { entries, pending_key, height: parent, .. }) => {
+                *parent = (*parent).max(height + 1);
+                match pending_key.take() {
+                    None => *pending_key = Some(node),
+                    Some(key) => entries.push((key, node)),
+                }
+            }
         }
         Ok(())
     }
@@ -470,6 +500,48 @@ mod tests {
         let text: String = (0..1000).map(|d| format!("{}k{d}:\n", " ".repeat(d))).collect();
         let err = parse_documents(&text).unwrap_err();
         assert!(err.message.contains("deeper than 128"), "{err:?}");
+    }
+
+    /// Depth of a tree, iteratively (the tree under test may be deep).
+    fn depth(node: &Node) -> usize {
+        let mut deepest = 0;
+        let mut todo = vec![(node, 0)];
+        while let Some((n, d)) = todo.pop() {
+            match &n.value {
+                Value::Scalar(_) => deepest = deepest.max(d),
+                Value::Seq(items) => todo.extend(items.iter().map(|i| (i, d + 1))),
+                Value::Map(entries) => {
+                    deepest = deepest.max(d + 1);
+                    todo.extend(entries.iter().map(|(_, v)| (v, d + 1)));
+                }
+            }
+        }
+        deepest
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_cap() {
+        // Each anchor nests the previous one a level deeper: 1,830 levels in a few KB.
+        let mut text = String::from("l0: &l0 [x]\n");
+        for i in 1..1830 {
+            text.push_str(&format!("l{i}: &l{i} [*l{}]\n", i - 1));
+        }
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("deeper than 128 levels (through an alias)"), "{err:?}");
+        // An alias nested under a deep position counts from there.
+        let deep: String = (0..100).map(|d| format!("{}k{d}:\n", " ".repeat(d))).collect();
+        let text = format!(
+            "a: &a [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n{deep}{}v: *a\n",
+            " ".repeat(100)
+        );
+        assert!(parse_documents(&text).unwrap_err().message.contains("through an alias"));
+        // Up to the cap, aliases are fine, and the tree really is that deep.
+        let mut text = String::from("l0: &l0 [x]\n");
+        for i in 1..126 {
+            text.push_str(&format!("l{i}: &l{i} [*l{}]\n", i - 1));
+        }
+        let doc = one(&text);
+        assert_eq!(depth(&doc), 127);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 pub use build::{BuildOptions, build};
 pub use registry::LimitRegistry;
 use wildcard::Pattern;
@@ -182,7 +184,7 @@ impl Domain {
             let rule = &self.rules[index as usize];
             lines.push(format!(
                 "level {level}: ({key}, {value}) matched {how}: {} ({}:{})",
-                rule.describe(),
+                rule.stats_key(),
                 rule.file,
                 rule.pos
             ));
@@ -218,13 +220,57 @@ pub struct Level {
 }
 
 impl Level {
-    pub fn is_pattern(&self) -> bool {
-        self.value.contains('*')
-    }
-
     /// The reference's composite form: `key` or `key_value`.
     pub fn composite(&self) -> String {
         if self.value.is_empty() { self.key.to_string() } else { format!("{}_{}", self.key, self.value) }
+    }
+}
+
+/// A rule's path from the top of its tree: its own level, and its parent's path shared
+/// with every sibling. A rule stores one level, not a copy of its whole path, so a deep
+/// tree (or one multiplied by YAML aliases) costs memory in its number of rules only.
+#[derive(Debug)]
+pub struct Path {
+    level: Level,
+    parent: Option<Arc<Path>>,
+    /// Levels from the top down to this one (1 at the top).
+    depth: usize,
+}
+
+impl Path {
+    pub fn new(level: Level, parent: Option<Arc<Path>>) -> Path {
+        let depth = parent.as_ref().map_or(0, |p| p.depth) + 1;
+        Path { level, parent, depth }
+    }
+
+    /// This rule's own level (the last of the path).
+    pub fn level(&self) -> &Level {
+        &self.level
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Every level, from the top down.
+    pub fn levels(&self) -> SmallVec<[&Level; 8]> {
+        let mut levels = SmallVec::with_capacity(self.depth);
+        let mut at = Some(self);
+        while let Some(path) = at {
+            levels.push(&path.level);
+            at = path.parent.as_deref();
+        }
+        levels.reverse();
+        levels
+    }
+
+    /// The level at `depth` (0 at the top).
+    pub fn at(&self, depth: usize) -> Option<&Level> {
+        let mut at = self;
+        for _ in depth..self.depth.checked_sub(1)? {
+            at = at.parent.as_deref()?;
+        }
+        (depth < self.depth).then_some(&at.level)
     }
 }
 
@@ -234,11 +280,12 @@ pub struct Rule {
     pub domain: Arc<str>,
     pub file: Arc<str>,
     pub pos: Pos,
-    /// From the top level down to this rule.
-    pub path: Box<[Level]>,
-    /// The reference's stats key: the domain and each level's composite, dot-joined.
-    pub stats_key: Box<str>,
-    pub name: Option<Box<str>>,
+    pub path: Arc<Path>,
+    /// Bit `d` is set when level `d` shares its counter across values
+    /// (`share_threshold`); levels are at most 64 deep, so every one has a bit.
+    shared_levels: u128,
+    /// Some level names the request's value in the stats key (`value_to_metric`).
+    pub value_to_metric: bool,
     /// Empty for a whitelist node or an `unlimited` rule.
     pub limits: Box<[Limit]>,
     pub unlimited: bool,
@@ -246,9 +293,7 @@ pub struct Rule {
     pub shadow_mode: bool,
     pub quota_mode: bool,
     pub detailed_metric: bool,
-    pub metadata: Option<envoy_types::pb::google::protobuf::Struct>,
-    /// Whether any level shares its counter across values (so keys need the patterns).
-    pub shares_counters: bool,
+    pub metadata: Option<Arc<envoy_types::pb::google::protobuf::Struct>>,
     /// Sent when this rule makes a request OVER_LIMIT.
     pub response: Option<CustomResponse>,
     /// The domain's default limits apply too.
@@ -272,30 +317,48 @@ impl Rule {
 
     /// The value a request entry contributes to counter keys at `depth`: the pattern for
     /// a `share_threshold` level, else the request's own value.
+    #[inline]
     pub fn counter_value<'a>(&'a self, depth: usize, request_value: &'a str) -> &'a str {
-        match self.path.get(depth) {
-            Some(level) if level.share_threshold => &level.value,
-            _ => request_value,
+        if depth < 128
+            && self.shared_levels >> depth & 1 == 1
+            && let Some(level) = self.path.at(depth)
+        {
+            return &level.value;
         }
+        request_value
     }
 
-    /// The path as `domain.k1_v1.k2`, for messages.
-    pub fn describe(&self) -> String {
+    /// Whether any level shares its counter across values.
+    pub fn shares_counters(&self) -> bool {
+        self.shared_levels != 0
+    }
+
+    /// The reference's stats key, also how messages name the rule: the domain and each
+    /// level's composite, dot-joined (`domain.k1_v1.k2`).
+    pub fn stats_key(&self) -> String {
         let mut out = String::from(&*self.domain);
-        for level in self.path.iter() {
+        for level in self.path.levels() {
             let _ = write!(out, ".{}", level.composite());
         }
         out
     }
+
+    /// The names of the rule's limits, in order (`rate_limit`'s and `rate_limits`' items).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.limits.iter().filter_map(|l| l.name.as_deref())
+    }
 }
 
 /// One limit of a rule, with the identity its counters are stored under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limit {
     /// Stable across reloads while the rule's domain, path and parameters stay the same,
     /// so an unchanged rule keeps its counts (SPEC §9.8).
     pub counter_id: u32,
     pub params: LimitParams,
+    /// `name` of the limit (`rate_limit.name`, or a `rate_limits` item's): reported as
+    /// `current_limit.name` when this limit decides, and what `replaces` names.
+    pub name: Option<Arc<str>>,
 }
 
 #[cfg(test)]

@@ -69,10 +69,10 @@ fn rules(text: &str) -> RuleSet {
     load_texts(&[("t.yaml", text)], false, &LimitRegistry::new()).unwrap().rules
 }
 
-fn limit_of<'a>(set: &'a RuleSet, entries: &[(&str, &str)]) -> Option<(u32, Unit, &'a str)> {
+fn limit_of(set: &RuleSet, entries: &[(&str, &str)]) -> Option<(u32, Unit, String)> {
     let rule = set.domain("test-domain")?.find(entries)?;
     let limit = rule.limits.first()?;
-    Some((limit.params.requests_per_unit, limit.params.unit, &rule.stats_key))
+    Some((limit.params.requests_per_unit, limit.params.unit, rule.stats_key()))
 }
 
 #[test]
@@ -86,21 +86,25 @@ fn reference_basic_config_cases() {
     assert_eq!(limit_of(&set, &[("key5", "value5"), ("subkey5", "subvalue")]), None, "C6: no fallback");
     assert_eq!(
         limit_of(&set, &[("key1", "value1"), ("subkey1", "something")]),
-        Some((5, Unit::Second, "test-domain.key1_value1.subkey1")),
+        Some((5, Unit::Second, "test-domain.key1_value1.subkey1".into())),
         "C7"
     );
     assert_eq!(
         limit_of(&set, &[("key1", "value1"), ("subkey1", "subvalue1")]),
-        Some((10, Unit::Second, "test-domain.key1_value1.subkey1_subvalue1")),
+        Some((10, Unit::Second, "test-domain.key1_value1.subkey1_subvalue1".into())),
         "C8"
     );
-    assert_eq!(limit_of(&set, &[("key2", "something")]), Some((20, Unit::Minute, "test-domain.key2")), "C9");
-    assert_eq!(limit_of(&set, &[("key2", "value2")]), Some((30, Unit::Minute, "test-domain.key2_value2")), "C10");
+    assert_eq!(limit_of(&set, &[("key2", "something")]), Some((20, Unit::Minute, "test-domain.key2".into())), "C9");
+    assert_eq!(
+        limit_of(&set, &[("key2", "value2")]),
+        Some((30, Unit::Minute, "test-domain.key2_value2".into())),
+        "C10"
+    );
     let whitelisted = set.domain("test-domain").unwrap().find(&[("key2", "value3")]).unwrap();
     assert!(!whitelisted.is_limited() && !whitelisted.unlimited, "C11: whitelist");
-    assert_eq!(limit_of(&set, &[("key3", "foo")]), Some((1, Unit::Hour, "test-domain.key3")), "C12");
+    assert_eq!(limit_of(&set, &[("key3", "foo")]), Some((1, Unit::Hour, "test-domain.key3".into())), "C12");
     let key4 = set.domain("test-domain").unwrap().find(&[("key4", "foo")]).unwrap();
-    assert_eq!(key4.name.as_deref(), Some("key4_rate_limit"), "C13");
+    assert_eq!(key4.names().collect::<Vec<_>>(), vec!["key4_rate_limit"], "C13");
     let key6 = set.domain("test-domain").unwrap().find(&[("key6", "foo")]).unwrap();
     assert!(key6.unlimited && !key6.is_limited(), "C14");
     assert_eq!(limit_of(&set, &[("key7", "x")]).map(|l| l.0), Some(70), "C15");
@@ -130,11 +134,11 @@ fn a_node_with_children_and_a_limit_applies_when_entries_end_there() {
 #[test]
 fn reference_wildcard_cases() {
     let set = rules(WILDCARD);
-    assert_eq!(limit_of(&set, &[("noVal", "foo1")]).map(|l| l.2), Some("test-domain.noVal"), "C35");
-    assert_eq!(limit_of(&set, &[("wild", "foo1")]).map(|l| l.2), Some("test-domain.wild_foo*"), "C36");
-    assert_eq!(limit_of(&set, &[("wild", "foo2")]).map(|l| l.2), Some("test-domain.wild_foo*"), "C36");
+    assert_eq!(limit_of(&set, &[("noVal", "foo1")]).map(|l| l.2).as_deref(), Some("test-domain.noVal"), "C35");
+    assert_eq!(limit_of(&set, &[("wild", "foo1")]).map(|l| l.2).as_deref(), Some("test-domain.wild_foo*"), "C36");
+    assert_eq!(limit_of(&set, &[("wild", "foo2")]).map(|l| l.2).as_deref(), Some("test-domain.wild_foo*"), "C36");
     assert_eq!(
-        limit_of(&set, &[("nestedWild", "val1"), ("wild", "goo2")]).map(|l| l.2),
+        limit_of(&set, &[("nestedWild", "val1"), ("wild", "goo2")]).map(|l| l.2).as_deref(),
         Some("test-domain.nestedWild_val1.wild_goo*"),
         "C37"
     );
@@ -194,7 +198,7 @@ fn share_threshold_levels_put_the_pattern_in_counter_keys() {
         "domain: test-domain\ndescriptors:\n  - key: files\n    value: files/*\n    share_threshold: true\n    rate_limit: {unit: hour, requests_per_unit: 10}\n",
     );
     let rule = set.domain("test-domain").unwrap().find(&[("files", "files/a.pdf")]).unwrap();
-    assert!(rule.shares_counters);
+    assert!(rule.shares_counters());
     assert_eq!(rule.counter_value(0, "files/a.pdf"), "files/*");
 }
 

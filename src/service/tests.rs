@@ -306,9 +306,11 @@ fn bad_requests_get_invalid_argument_naming_the_problem() {
         err(request(vec![])),
         ServiceError::InvalidArgument("rate limit descriptor list must not be empty".into())
     );
+    let mut overridden = descriptor(&[]);
+    overridden.limit = Some(RateLimitOverride { requests_per_unit: 1, unit: 1 });
     assert_eq!(
-        err(request(vec![descriptor(&[("a", "b")]), descriptor(&[])])),
-        ServiceError::InvalidArgument("descriptor 1 has no entries".into())
+        err(request(vec![descriptor(&[("a", "b")]), overridden])),
+        ServiceError::InvalidArgument("descriptor 1 has a limit override but no entries".into())
     );
     assert_eq!(
         err(request(vec![descriptor(&[("a", "b"), ("", "c")])])),

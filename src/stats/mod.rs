@@ -303,7 +303,7 @@ impl Stats {
     pub fn for_rule<'r>(&self, rule: &'r Rule) -> &'r Arc<RuleStats> {
         rule.stats.get_or_init(|| {
             let mut parts = vec![rule.domain.to_string()];
-            parts.extend(rule.path.iter().map(|l| l.composite()));
+            parts.extend(rule.path.levels().iter().map(|l| l.composite()));
             self.keyed(parts)
         })
     }

@@ -52,6 +52,10 @@ pub struct Counter<'a, E> {
     pub identity: LimitIdentity<'a>,
     pub params: &'a LimitParams,
     pub hits: u64,
+    /// `is_negative_hits`: the hits are given back to the counter (never below empty),
+    /// and the outcome is the counter's state after that, as a check that consumes
+    /// nothing.
+    pub give_back: bool,
 }
 
 // By hand: derived impls would require `E: Copy`, but only references to `E` are held.
@@ -146,7 +150,14 @@ impl Store {
 pub fn apply_in_memory<E: EntryView>(memory: &MemoryStore, counters: &[Counter<'_, E>], now: Nanos) -> Batch {
     counters
         .iter()
-        .map(|counter| memory.apply_with_key(|buf| counter.encode(buf), counter.params, counter.hits, now))
+        .map(|counter| {
+            let encode = |buf: &mut Vec<u8>| counter.encode(buf);
+            if counter.give_back {
+                memory.give_back_with_key(encode, counter.params, counter.hits, now)
+            } else {
+                memory.apply_with_key(encode, counter.params, counter.hits, now)
+            }
+        })
         .collect()
 }
 

@@ -144,6 +144,21 @@ impl MemoryStore {
         Self::with_key(encode, |key| self.refund(key, params, hits, consumed_at))
     }
 
+    /// Encodes a key with the thread's reusable buffer, gives `hits` back to its counter
+    /// (`is_negative_hits`) and reports its state after that.
+    pub fn give_back_with_key(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        params: &LimitParams,
+        hits: u64,
+        now: Nanos,
+    ) -> Applied {
+        Self::with_key(encode, |key| {
+            self.refund(key, params, hits, now);
+            self.apply(key, params, 0, now)
+        })
+    }
+
     /// Adds `hits` to the counter under `key` and decides. `hits == 0` checks without
     /// consuming and never creates a counter.
     pub fn apply(&self, key: &[u8], params: &LimitParams, hits: u64, now: Nanos) -> Applied {

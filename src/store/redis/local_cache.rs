@@ -86,6 +86,14 @@ impl OverLimitCache {
         }
     }
 
+    /// Forgets `key` (hits were given back to it: it may be under its limit again).
+    pub fn forget(&self, key: &str) {
+        let mut shard = self.shard(key).write().unwrap_or_else(PoisonError::into_inner);
+        if shard.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }

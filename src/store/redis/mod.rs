@@ -157,7 +157,12 @@ impl RedisStore {
         for (index, counter) in counters.iter().enumerate() {
             let mut key = String::new();
             keys::write_key(&mut key, &self.options.key_prefix, counter, now);
-            if counter.params.algorithm == Algorithm::FixedWindow
+            if counter.give_back
+                && let Some(cache) = &self.local_cache
+            {
+                // The count goes down: the key may no longer be over its limit.
+                cache.forget(&key);
+            } else if counter.params.algorithm == Algorithm::FixedWindow
                 && let Some(cache) = &self.local_cache
                 && let Some(until) = cache.lookup(&key, now)
             {
@@ -238,29 +243,44 @@ impl RedisStore {
         let command = |p: &Planned, script: ScriptCall| -> SmallVec<[redis::Cmd; 2]> {
             let counter = &counters[p.index];
             let params = counter.params;
+            let mut commands = SmallVec::new();
+            // Giving hits back (`is_negative_hits`) is a refund, then a check of what is
+            // left: both in this pipeline, the check's reply after the refund's.
+            let hits = if counter.give_back {
+                let mut refund = script.command();
+                script::refund_args(&mut refund, &p.key, params, counter.hits, now);
+                commands.push(refund);
+                0
+            } else {
+                counter.hits
+            };
             if params.algorithm == Algorithm::FixedWindow {
                 let ttl = params.window_secs + jitter(self.options.jitter_max_secs);
                 let mut incr = redis::cmd("INCRBY");
-                incr.arg(&p.key).arg(counter.hits);
+                incr.arg(&p.key).arg(hits);
                 let mut expire = redis::cmd("EXPIRE");
                 expire.arg(&p.key).arg(ttl);
-                smallvec::smallvec![incr, expire]
+                commands.push(incr);
+                commands.push(expire);
             } else {
                 let mut call = script.command();
-                script::decide_args(&mut call, &p.key, params, counter.hits, now);
-                smallvec::smallvec![call]
+                script::decide_args(&mut call, &p.key, params, hits, now);
+                commands.push(call);
             }
+            commands
         };
         let replies = self.exchange(backend, link, planned, command).await?;
         let mut decided = SmallVec::new();
         for (p, reply) in planned.iter().zip(replies) {
             let counter = &counters[p.index];
+            let (hits, reply) =
+                if counter.give_back { (0, reply.get(1..).unwrap_or(&[])) } else { (counter.hits, &reply[..]) };
             let outcome = if counter.params.algorithm == Algorithm::FixedWindow {
                 let after = match reply.first() {
                     Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
                     other => return Err(unexpected(backend, "INCRBY", other)),
                 };
-                fixed_window::outcome_of_count(after, counter.hits, now, counter.params)
+                fixed_window::outcome_of_count(after, hits, now, counter.params)
             } else {
                 match reply.first() {
                     Some(Value::Array(items)) if items.len() == 5 => {
@@ -278,8 +298,7 @@ impl RedisStore {
             };
             // A fixed window counts every hit (as the reference's INCRBY does); the
             // scripts count only admitted ones.
-            let consumed =
-                counter.hits > 0 && (counter.params.algorithm == Algorithm::FixedWindow || !outcome.over_limit);
+            let consumed = hits > 0 && (counter.params.algorithm == Algorithm::FixedWindow || !outcome.over_limit);
             decided.push((p.index, Applied { outcome, consumed, cached: false }));
         }
         Ok(decided)
