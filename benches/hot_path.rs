@@ -191,7 +191,7 @@ fn limiter_with(distinct: u64, stats_disabled: bool) -> (RateLimiter, Vec<RateLi
         })
         .collect();
     for r in one.iter().chain(&four) {
-        limiter.decide(r).unwrap();
+        limiter.immediate().unwrap().decide(r).unwrap();
     }
     (limiter, one, four)
 }
@@ -208,13 +208,13 @@ fn bench_decide(c: &mut Criterion) {
         group.bench_function(format!("one_descriptor_{distinct}_keys"), |b| {
             b.iter(|| {
                 i = (i + 7919) % one.len();
-                black_box(limiter.decide(&one[i]).unwrap())
+                black_box(limiter.immediate().unwrap().decide(&one[i]).unwrap())
             })
         });
         group.bench_function(format!("four_descriptors_{}_keys", four.len()), |b| {
             b.iter(|| {
                 i = (i + 7919) % four.len();
-                black_box(limiter.decide(&four[i]).unwrap())
+                black_box(limiter.immediate().unwrap().decide(&four[i]).unwrap())
             })
         });
     }
@@ -223,10 +223,10 @@ fn bench_decide(c: &mut Criterion) {
         let (limiter, one, four) = limiter_with(1, disabled);
         let suffix = if disabled { "stats_disabled" } else { "stats_enabled" };
         group.bench_function(format!("one_descriptor_{suffix}"), |b| {
-            b.iter(|| black_box(limiter.decide(&one[0]).unwrap()))
+            b.iter(|| black_box(limiter.immediate().unwrap().decide(&one[0]).unwrap()))
         });
         group.bench_function(format!("four_descriptors_{suffix}"), |b| {
-            b.iter(|| black_box(limiter.decide(&four[0]).unwrap()))
+            b.iter(|| black_box(limiter.immediate().unwrap().decide(&four[0]).unwrap()))
         });
     }
     // The cost of a new counter (insert) on top of a decision.
@@ -245,7 +245,7 @@ fn bench_decide(c: &mut Criterion) {
                     hits_addend: 0,
                 }
             },
-            |r| black_box(limiter.decide(&r).unwrap()),
+            |r| black_box(limiter.immediate().unwrap().decide(&r).unwrap()),
             BatchSize::SmallInput,
         )
     });

@@ -25,12 +25,10 @@ use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::rules::LimitRegistry;
-use crate::service::FailurePolicy;
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
 use crate::stats::Stats;
 use crate::stats::statsd::StatsdSink;
-use crate::store::redis::Deployment;
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::tls::Tls;
 
@@ -148,15 +146,11 @@ impl Server {
                 (Store::Memory(memory.clone()), Some(memory), None)
             }
             Backend::Redis(options) => {
-                let policy = settings.service.failure_policy;
-                let fallback = (policy == FailurePolicy::Local)
-                    .then(|| Arc::new(MemoryStore::new(registry, settings.memory_max_counters)));
-                let redis =
-                    Arc::new(RedisStore::new((**options).clone(), fallback.clone(), stats.backend_error.clone()));
-                if policy == FailurePolicy::Error {
-                    // Not ready until Redis answers: every limited call would fail.
-                    health.set_backend_ok(false);
-                }
+                let policy = options.failure_policy;
+                let local = MemoryStore::new(registry, settings.memory_max_counters);
+                let redis = Arc::new(RedisStore::new((**options).clone(), local, stats.backend_error.clone()));
+                // Until Redis first answers, the policy says whether calls can be answered.
+                health.set_backend_ok(redis.serving());
                 for backend in redis.backends() {
                     tracing::warn!(
                         "counting in Redis ({}): {}; BACKEND_FAILURE_POLICY={policy:?}",
@@ -164,7 +158,7 @@ impl Server {
                         backend.target.describe()
                     );
                 }
-                (Store::Redis(redis.clone()), fallback, Some(redis))
+                (Store::Redis(redis.clone()), redis.fallback().cloned(), Some(redis))
             }
         };
         let limiter =
@@ -285,7 +279,7 @@ impl Started {
         let mut in_flight = Vec::new();
         let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
-            let rls = RlsService::new(shared.limiter.clone());
+            let rls = RlsService::new(shared.limiter.clone(), index);
             in_flight.push(rls.in_flight());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let server = RateLimitServiceServer::new(rls);
@@ -321,14 +315,10 @@ impl Started {
             let mut worker_runtimes: Vec<(usize, tokio::runtime::Handle)> = runtime_rx.iter().collect();
             worker_runtimes.sort_by_key(|(i, _)| *i);
             let runtimes = worker_runtimes.into_iter().map(|(_, h)| h).collect();
-            background.extend(redis.supervise(&stop_rx, tokio::runtime::Handle::current(), runtimes));
-            let policy = settings.service.failure_policy;
-            for backend in redis.backends() {
-                let task =
-                    follow_backend(backend.clone(), redis.clone(), shared.health.clone(), shared.stats.clone(), policy);
-                background.push(tokio::spawn(task));
-            }
-            background.push(tokio::spawn(redis_gauges_loop(redis, shared.stats.clone(), stop_rx.clone())));
+            let health = shared.health.clone();
+            let serving = move |ok| health.set_backend_ok(ok);
+            let main = tokio::runtime::Handle::current();
+            background.extend(redis.maintain(&stop_rx, main, runtimes, &shared.stats, serving));
         }
         if let Some((tls, watching)) = tls {
             background.push(tokio::spawn(crate::tls::watch(tls, watching, stop_rx.clone())));
@@ -403,94 +393,6 @@ fn serve_http(
             tracing::error!(error = %e, "HTTP server stopped with an error");
         }
     }))
-}
-
-/// Mirrors a Redis deployment's state into health (under `BACKEND_FAILURE_POLICY=error`,
-/// where a down Redis means limited calls fail) and `sluicegate_backend_up`.
-async fn follow_backend(
-    backend: Arc<Deployment>,
-    redis: Arc<RedisStore>,
-    health: Arc<Health>,
-    stats: Arc<Stats>,
-    policy: FailurePolicy,
-) {
-    let up = stats.gauge("sluicegate_backend_up", &[("backend", backend.name)], "1 while the Redis deployment answers");
-    let mut state = backend.subscribe();
-    loop {
-        up.set(if *state.borrow_and_update() { 1.0 } else { 0.0 });
-        if policy == FailurePolicy::Error {
-            health.set_backend_ok(redis.is_up());
-        }
-        if state.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Keeps the Redis connection and local-cache gauges current.
-async fn redis_gauges_loop(redis: Arc<RedisStore>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
-    struct Pool {
-        backend: Arc<Deployment>,
-        active: metrics::Gauge,
-        total: metrics::Counter,
-        closed: metrics::Counter,
-    }
-    let pools: Vec<Pool> = redis
-        .backends()
-        .map(|b| {
-            let (active, total, closed) = if b.name == "redis" {
-                (
-                    "ratelimit_redis_pool_cx_active",
-                    "ratelimit_redis_pool_cx_total",
-                    "ratelimit_redis_pool_cx_local_close",
-                )
-            } else {
-                (
-                    "ratelimit_redis_per_second_pool_cx_active",
-                    "ratelimit_redis_per_second_pool_cx_total",
-                    "ratelimit_redis_per_second_pool_cx_local_close",
-                )
-            };
-            Pool {
-                backend: b.clone(),
-                active: stats.gauge(active, &[], "Open Redis connections"),
-                total: stats.counter(total, &[], "Redis connections opened"),
-                closed: stats.counter(closed, &[], "Redis connections closed by sluicegate"),
-            }
-        })
-        .collect();
-    let fallbacks = stats.counter(
-        "sluicegate_backend_fallbacks_total",
-        &[],
-        "Requests counted in memory because Redis failed (BACKEND_FAILURE_POLICY=local)",
-    );
-    let cache = redis.local_cache().map(|_| {
-        (
-            stats.gauge("ratelimit_localcache_entry_count", &[], "Keys in the local over-limit cache"),
-            stats.counter("ratelimit_localcache_hit_count", &[], "Requests answered from the local over-limit cache"),
-            stats.counter("ratelimit_localcache_miss_count", &[], "Local over-limit cache lookups that missed"),
-        )
-    });
-    loop {
-        for pool in &pools {
-            let opened = pool.backend.connections_opened.load(Ordering::Relaxed);
-            let closed = pool.backend.connections_closed.load(Ordering::Relaxed);
-            let active = if pool.backend.is_up() { opened.saturating_sub(closed) } else { 0 };
-            pool.active.set(active as f64);
-            pool.total.absolute(opened);
-            pool.closed.absolute(closed);
-        }
-        fallbacks.absolute(redis.fallbacks.load(Ordering::Relaxed));
-        if let (Some((entries, hits, misses)), Some(local)) = (&cache, redis.local_cache()) {
-            entries.set(local.len() as f64);
-            hits.absolute(local.hits.load(Ordering::Relaxed));
-            misses.absolute(local.misses.load(Ordering::Relaxed));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
 }
 
 /// Folds histogram samples into buckets, so their memory stays bounded between scrapes.

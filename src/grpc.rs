@@ -27,6 +27,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::health::Health;
 use crate::service::RateLimiter;
+use crate::store::Lane;
 use crate::tls::Tls;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`].
@@ -38,11 +39,14 @@ use crate::tls::Tls;
 pub struct RlsService {
     limiter: Arc<RateLimiter>,
     in_flight: Arc<AtomicUsize>,
+    /// This worker's lane: per-runtime backend connections are picked by it.
+    lane: Lane,
 }
 
 impl RlsService {
-    pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        RlsService { limiter, in_flight: Arc::new(AtomicUsize::new(0)) }
+    /// The service of gRPC worker `worker`.
+    pub fn new(limiter: Arc<RateLimiter>, worker: usize) -> Self {
+        RlsService { limiter, in_flight: Arc::new(AtomicUsize::new(0)), lane: Lane::Worker(worker) }
     }
 
     /// Calls being answered right now by this worker.
@@ -70,7 +74,7 @@ impl RateLimitService for RlsService {
         let _in_flight = InFlight(&self.in_flight);
         let stats = self.limiter.stats();
         let started = stats.enabled().then(std::time::Instant::now);
-        let result = self.limiter.should_rate_limit(request.get_ref()).await;
+        let result = self.limiter.should_rate_limit_on(request.get_ref(), self.lane).await;
         if let Some(started) = started {
             stats.total_requests.increment(1);
             stats.response_time.record(started.elapsed().as_secs_f64());
@@ -99,17 +103,6 @@ pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
             return;
         }
     }
-}
-
-thread_local! {
-    /// This thread's worker number, on gRPC worker threads.
-    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// The gRPC worker running on this thread, if any: per-worker resources (Redis
-/// connections) are picked by it, so a call never wakes another thread.
-pub fn current_worker() -> Option<usize> {
-    WORKER.with(|w| w.get())
 }
 
 /// A listener a worker serves on.
@@ -142,7 +135,6 @@ pub fn spawn_worker(
                 return;
             }
         };
-        WORKER.with(|w| w.set(Some(index)));
         let _ = runtime_ready.send((index, runtime.handle().clone()));
         drop(runtime_ready); // the receiver waits for every worker's sender to go
 

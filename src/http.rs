@@ -93,7 +93,7 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// Where counters live and, for Redis, each deployment's state (addresses only: no
 /// credentials).
-fn backend_state(store: &crate::store::Store, policy: crate::service::FailurePolicy) -> serde_json::Value {
+fn backend_state(store: &crate::store::Store) -> serde_json::Value {
     match store {
         crate::store::Store::Memory(memory) => serde_json::json!({
             "type": "memory",
@@ -102,7 +102,7 @@ fn backend_state(store: &crate::store::Store, policy: crate::service::FailurePol
         }),
         crate::store::Store::Redis(redis) => serde_json::json!({
             "type": "redis",
-            "failure_policy": format!("{policy:?}").to_ascii_lowercase(),
+            "failure_policy": format!("{:?}", redis.options().failure_policy).to_ascii_lowercase(),
             "deployments": redis.backends().map(|d| serde_json::json!({
                 "name": d.name,
                 "target": d.target.describe(),
@@ -138,7 +138,7 @@ async fn debug_config(State(state): State<HttpState>) -> Response {
             "failed": status.failed.load(Ordering::Relaxed),
         },
         "last_reload_error": failure,
-        "backend": backend_state(state.limiter.store(), state.limiter.options().failure_policy),
+        "backend": backend_state(state.limiter.store()),
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
 }

@@ -16,9 +16,10 @@ use std::time::Duration;
 use crate::config::{ConfigSource, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::rules::BuildOptions;
-use crate::service::{Consume, FailurePolicy, HeaderNames, RequestCaps, ServiceOptions};
+use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
+use crate::store::FailurePolicy;
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
 use crate::store::redis::{Credentials, RedisOptions, RedisTarget, RedisTls, Topology};
 use crate::tls::TlsSettings;
@@ -400,7 +401,7 @@ fn parse_count(s: &str) -> Result<usize, String> {
 }
 
 /// The Redis settings (`BACKEND_TYPE=redis`).
-fn redis_options(r: &mut Reader<'_>) -> RedisOptions {
+fn redis_options(r: &mut Reader<'_>, failure_policy: FailurePolicy) -> RedisOptions {
     let tls_files = RedisTls {
         ca: non_empty_path(r.string("REDIS_TLS_CACERT")),
         cert: non_empty_path(r.string("REDIS_TLS_CLIENT_CERT")),
@@ -430,6 +431,7 @@ fn redis_options(r: &mut Reader<'_>) -> RedisOptions {
             r.parse("REDIS_STARTUP_INITIAL_INTERVAL", parse_positive_duration),
             r.parse("REDIS_STARTUP_MAX_INTERVAL", parse_positive_duration),
         ),
+        failure_policy,
     }
 }
 
@@ -584,7 +586,7 @@ impl Settings {
             _ => Err("expected error, allow or local".into()),
         });
         let backend = if use_redis {
-            Backend::Redis(Box::new(redis_options(&mut r)))
+            Backend::Redis(Box::new(redis_options(&mut r, failure_policy)))
         } else {
             let set: Vec<&str> = SPECS
                 .iter()
@@ -622,7 +624,6 @@ impl Settings {
                 max_entries: r.parse("MAX_ENTRIES", parse_count),
                 max_entry_bytes: r.parse("MAX_ENTRY_BYTES", parse_count),
             },
-            failure_policy,
         };
         let near_limit_ratio = r.parse("NEAR_LIMIT_RATIO", |s| match s.parse::<f32>() {
             Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
@@ -827,7 +828,7 @@ mod tests {
         assert_eq!(per_second.nodes, vec![crate::store::redis::NodeAddr::Unix("/run/redis.sock".into())]);
         assert_eq!(per_second.timeout, Duration::from_secs(10));
         assert_eq!((redis.key_prefix.as_str(), redis.jitter_max_secs, redis.local_cache_bytes), ("rl:", 300, 1 << 20));
-        assert_eq!(s.service.failure_policy, FailurePolicy::Local);
+        assert_eq!(redis.failure_policy, FailurePolicy::Local);
         assert!(s.warnings.iter().any(|w| w.starts_with("REDIS_PIPELINE_WINDOW is set but has no effect")));
         assert!(!format!("{s:?}").contains("pw\""), "credentials are masked in Debug");
     }

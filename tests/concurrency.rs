@@ -175,7 +175,7 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
                 let (limiter, admitted, both) = (limiter.clone(), admitted.clone(), both.clone());
                 s.spawn(move || {
                     for _ in 0..100 {
-                        if limiter.decide(&both).unwrap().overall_code == Code::Ok as i32 {
+                        if limiter.immediate().unwrap().decide(&both).unwrap().overall_code == Code::Ok as i32 {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -190,7 +190,7 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
         for d in &mut check.descriptors {
             d.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 });
         }
-        let r = limiter.decide(&check).unwrap();
+        let r = limiter.immediate().unwrap().decide(&check).unwrap();
         assert_eq!(
             u64::from(r.statuses[0].limit_remaining),
             1000 - admitted,

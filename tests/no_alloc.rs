@@ -11,7 +11,7 @@ use sluicegate::clock::Nanos;
 use sluicegate::config::load_texts;
 use sluicegate::rules::LimitRegistry;
 use sluicegate::store::key::LimitIdentity;
-use sluicegate::store::{Counter, MemoryStore, apply_in_memory};
+use sluicegate::store::{Counter, MemoryStore};
 
 struct Counting;
 
@@ -87,7 +87,7 @@ fn matching_and_counting_existing_counters_allocates_nothing() {
             hits: 1,
             give_back: false,
         };
-        let batch = apply_in_memory(&store, std::slice::from_ref(&counter), Nanos::from_secs(7200));
+        let batch = store.apply_all(std::slice::from_ref(&counter), Nanos::from_secs(7200));
         assert!(!batch[0].outcome.over_limit);
     };
     // The allocator really is watching.

@@ -279,6 +279,14 @@ pub fn fresh_at(state: State, params: &LimitParams) -> Nanos {
     }
 }
 
+/// What a limit reports as remaining once `hits` it had counted are taken back: the
+/// remaining before, plus the hits, never more than the limit holds.
+#[inline]
+pub fn remaining_after_refund(params: &LimitParams, remaining: u32, hits: u64) -> u32 {
+    let most = if params.algorithm.has_burst() { params.capacity } else { u64::from(params.requests_per_unit) };
+    (u64::from(remaining).saturating_add(hits)).min(most).min(u64::from(u32::MAX)) as u32
+}
+
 /// Rounds a duration up to whole milliseconds (the precision reported for every
 /// algorithm but the fixed window).
 #[inline]

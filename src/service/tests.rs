@@ -9,6 +9,9 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
 
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus;
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+
 use super::*;
 use crate::clock::FakeClock;
 use crate::config::load_texts;
@@ -74,7 +77,7 @@ fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
 }
 
 fn call(h: &Harness, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-    h.limiter.decide(&request(descriptors.iter().map(|d| descriptor(d)).collect())).unwrap()
+    h.limiter.immediate().unwrap().decide(&request(descriptors.iter().map(|d| descriptor(d)).collect())).unwrap()
 }
 
 fn codes(r: &RateLimitResponse) -> (i32, Vec<i32>) {
@@ -99,6 +102,8 @@ fn unknown_domain_is_ok_even_with_an_override() {
     d.limit = Some(RateLimitOverride { requests_per_unit: 0, unit: 1 });
     let r = h
         .limiter
+        .immediate()
+        .unwrap()
         .decide(&RateLimitRequest { domain: "foo_domain".into(), descriptors: vec![d], hits_addend: 0 })
         .unwrap();
     assert_eq!(codes(&r), (OK, vec![OK]));
@@ -163,14 +168,14 @@ fn hits_addend_request_zero_means_one_descriptor_zero_checks_only() {
     let h = harness(ServiceOptions::default());
     let mut req = request(vec![descriptor(&[("five", "a")])]);
     req.hits_addend = 3;
-    assert_eq!(h.limiter.decide(&req).unwrap().statuses[0].limit_remaining, 2);
+    assert_eq!(h.limiter.immediate().unwrap().decide(&req).unwrap().statuses[0].limit_remaining, 2);
     req.hits_addend = 0;
-    assert_eq!(h.limiter.decide(&req).unwrap().statuses[0].limit_remaining, 1);
+    assert_eq!(h.limiter.immediate().unwrap().decide(&req).unwrap().statuses[0].limit_remaining, 1);
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
-    let r = h.limiter.decide(&req).unwrap();
+    let r = h.limiter.immediate().unwrap().decide(&req).unwrap();
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 1), "checking consumes nothing");
     req.descriptors[0].hits_addend = Some(UInt64Value { value: 2 });
-    assert_eq!(h.limiter.decide(&req).unwrap().overall_code, OVER);
+    assert_eq!(h.limiter.immediate().unwrap().decide(&req).unwrap().overall_code, OVER);
 }
 
 #[test]
@@ -178,11 +183,11 @@ fn overrides_bypass_the_tree_and_count_per_value() {
     let h = harness(ServiceOptions::default());
     let mut d = descriptor(&[("nothing", "matches")]);
     d.limit = Some(RateLimitOverride { requests_per_unit: 1, unit: 3 });
-    let r = h.limiter.decide(&request(vec![d.clone()])).unwrap();
+    let r = h.limiter.immediate().unwrap().decide(&request(vec![d.clone()])).unwrap();
     let limit = r.statuses[0].current_limit.as_ref().unwrap();
     assert_eq!((limit.requests_per_unit, limit.unit, r.statuses[0].limit_remaining), (1, 3, 0));
     assert_eq!(r.statuses[0].duration_until_reset.unwrap().seconds, 3600 - 2222);
-    assert_eq!(h.limiter.decide(&request(vec![d])).unwrap().overall_code, OVER);
+    assert_eq!(h.limiter.immediate().unwrap().decide(&request(vec![d])).unwrap().overall_code, OVER);
 }
 
 #[test]
@@ -277,8 +282,12 @@ fn dynamic_metadata_echoes_the_request_and_merges_passing_rules_metadata() {
     let mut req =
         request(vec![descriptor(&[("meta", "a")]), descriptor(&[("quota2", "b")]), descriptor(&[("quota1", "c")])]);
     req.hits_addend = 1;
-    h.limiter.decide(&RateLimitRequest { descriptors: vec![descriptor(&[("quota1", "c")])], ..req.clone() }).unwrap();
-    let r = h.limiter.decide(&req).unwrap();
+    h.limiter
+        .immediate()
+        .unwrap()
+        .decide(&RateLimitRequest { descriptors: vec![descriptor(&[("quota1", "c")])], ..req.clone() })
+        .unwrap();
+    let r = h.limiter.immediate().unwrap().decide(&req).unwrap();
     assert_eq!(r.overall_code, OK);
     let md = r.dynamic_metadata.unwrap();
     let json = crate::json::response_json(&RateLimitResponse { dynamic_metadata: Some(md), ..Default::default() });
@@ -297,7 +306,7 @@ fn dynamic_metadata_echoes_the_request_and_merges_passing_rules_metadata() {
 #[test]
 fn bad_requests_get_invalid_argument_naming_the_problem() {
     let h = harness(ServiceOptions::default());
-    let err = |req: RateLimitRequest| h.limiter.decide(&req).unwrap_err();
+    let err = |req: RateLimitRequest| h.limiter.immediate().unwrap().decide(&req).unwrap_err();
     assert_eq!(
         err(RateLimitRequest { domain: String::new(), ..request(vec![descriptor(&[("a", "b")])]) }),
         ServiceError::InvalidArgument("rate limit domain must not be empty".into())
@@ -331,13 +340,22 @@ fn bad_requests_get_invalid_argument_naming_the_problem() {
 fn requests_over_the_caps_are_rejected_naming_the_cap() {
     let caps = RequestCaps { max_descriptors: 2, max_entries: 2, max_entry_bytes: 11 };
     let h = harness(ServiceOptions { caps, ..Default::default() });
-    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "b")]); 3])).unwrap_err();
+    let e = h.limiter.immediate().unwrap().decide(&request(vec![descriptor(&[("a", "b")]); 3])).unwrap_err();
     assert_eq!(e.message(), "request has 3 descriptors, more than MAX_DESCRIPTORS (2)");
-    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "b"), ("c", "d"), ("e", "f")])])).unwrap_err();
+    let e = h
+        .limiter
+        .immediate()
+        .unwrap()
+        .decide(&request(vec![descriptor(&[("a", "b"), ("c", "d"), ("e", "f")])]))
+        .unwrap_err();
     assert_eq!(e.message(), "descriptor 0 has 3 entries, more than MAX_ENTRIES (2)");
-    let e = h.limiter.decide(&request(vec![descriptor(&[("a", "123456789012")])])).unwrap_err();
+    let e = h.limiter.immediate().unwrap().decide(&request(vec![descriptor(&[("a", "123456789012")])])).unwrap_err();
     assert_eq!(e.message(), "descriptor 0 entry 0 value is 12 bytes, more than MAX_ENTRY_BYTES (11)");
-    let e = h.limiter.decide(&RateLimitRequest { domain: "d".repeat(12), ..request(vec![descriptor(&[("a", "b")])]) });
+    let e = h
+        .limiter
+        .immediate()
+        .unwrap()
+        .decide(&RateLimitRequest { domain: "d".repeat(12), ..request(vec![descriptor(&[("a", "b")])]) });
     assert_eq!(e.unwrap_err().message(), "rate limit domain is 12 bytes, more than MAX_ENTRY_BYTES (11)");
 }
 
@@ -350,7 +368,7 @@ fn no_config_loaded_is_unavailable() {
         Clock::System,
         ServiceOptions::default(),
     );
-    let e = limiter.decide(&request(vec![descriptor(&[("a", "b")])])).unwrap_err();
+    let e = limiter.immediate().unwrap().decide(&request(vec![descriptor(&[("a", "b")])])).unwrap_err();
     assert_eq!(e, ServiceError::Unavailable("no rate limit configuration loaded".into()));
     assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
 }

@@ -22,6 +22,7 @@
 //!
 //! This module decides nothing; it only counts what `service` tells it.
 
+pub mod backend;
 pub mod statsd;
 
 use std::collections::HashMap;

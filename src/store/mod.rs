@@ -5,7 +5,9 @@
 //! inlined, and each backend encodes its own keys from the same structured description
 //! of a counter ([`Counter`]), so no joined string ever identifies a counter in memory.
 //! A request's counters go to the store as one batch, which Redis turns into one round
-//! trip.
+//! trip. [`CounterStore`] is what the service's pipeline asks of any store: apply a batch,
+//! take one back. What a call gets when the backend fails is the store's to decide
+//! ([`FailurePolicy`]): the service sees either outcomes or an error it must report.
 //!
 //! This module must not match rules or build responses.
 
@@ -13,12 +15,13 @@ pub mod key;
 pub mod memory;
 pub mod redis;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
 use crate::clock::Nanos;
-use crate::limiter::{LimitParams, Outcome};
+use crate::limiter::LimitParams;
 use crate::rules::{EntryView, Rule};
 use key::LimitIdentity;
 pub use memory::{Applied, MemoryStore};
@@ -83,6 +86,76 @@ impl<'a, E: EntryView> Counter<'a, E> {
     }
 }
 
+/// Which runtime a call runs on, so a backend with connections per runtime (Redis) uses
+/// the ones driven there and a call never wakes another thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lane {
+    /// The runtime of the HTTP front end and the background tasks.
+    #[default]
+    Main,
+    /// A gRPC worker's runtime, by its index.
+    Worker(usize),
+}
+
+/// `BACKEND_FAILURE_POLICY`: the answer when the counter backend (Redis) cannot be
+/// reached. The memory backend never fails, so this only matters for Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer `UNAVAILABLE` and let Envoy's `failure_mode_deny` decide (the reference's
+    /// behaviour); the service reports not serving meanwhile.
+    #[default]
+    Error,
+    /// Answer OK: the limits counted where Redis failed are waived while it is down.
+    Allow,
+    /// Count in this process's memory until the backend is back: limits hold per
+    /// replica instead of across replicas.
+    Local,
+}
+
+/// What the service's pipeline asks of a store. The memory store's futures are ready
+/// at once; Redis's wait for one round trip.
+pub trait CounterStore {
+    /// Applies every counter's hits and decides each, in order. `Err` only when the
+    /// backend failed and its failure policy says to report it.
+    fn apply_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        now: Nanos,
+        lane: Lane,
+    ) -> impl Future<Output = Result<Batch, StoreError>>;
+
+    /// Takes back the hits that decisions at `consumed_at` counted (a rejected request
+    /// under `CONSUME=all_or_nothing`).
+    fn refund_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        consumed_at: Nanos,
+        lane: Lane,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+}
+
+impl CounterStore for MemoryStore {
+    fn apply_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        now: Nanos,
+        _lane: Lane,
+    ) -> impl Future<Output = Result<Batch, StoreError>> {
+        std::future::ready(Ok(self.apply_all(counters, now)))
+    }
+
+    fn refund_batch<E: EntryView>(
+        &self,
+        counters: &[Counter<'_, E>],
+        consumed_at: Nanos,
+        _lane: Lane,
+    ) -> impl Future<Output = Result<(), StoreError>> {
+        self.refund_all(counters, consumed_at);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The store a service counts in.
 #[derive(Clone, Debug)]
 pub enum Store {
     Memory(Arc<MemoryStore>),
@@ -90,80 +163,12 @@ pub enum Store {
 }
 
 impl Store {
-    /// Applies every counter's hits and decides each, in order. The memory store never
-    /// fails and never waits; Redis sends the whole batch in one round trip.
-    #[inline]
-    pub async fn apply_batch<E: EntryView>(
-        &self,
-        counters: &[Counter<'_, E>],
-        now: Nanos,
-    ) -> Result<Batch, StoreError> {
-        match self {
-            Store::Memory(memory) => Ok(apply_in_memory(memory, counters, now)),
-            // Boxed: the Redis future is large, and inline it would make every caller's
-            // future (and so every memory-backend call) that large too.
-            Store::Redis(redis) => Box::pin(redis.apply_batch(counters, now)).await,
-        }
-    }
-
-    /// Takes back the hits that decisions at `consumed_at` counted (a rejected request
-    /// under `CONSUME=all_or_nothing`).
-    pub async fn refund_batch<E: EntryView>(
-        &self,
-        counters: &[Counter<'_, E>],
-        consumed_at: Nanos,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(memory) => {
-                refund_in_memory(memory, counters, consumed_at);
-                Ok(())
-            }
-            Store::Redis(redis) => Box::pin(redis.refund_batch(counters, consumed_at)).await,
-        }
-    }
-
-    /// The in-process counters behind this store: the memory store itself, or Redis's
-    /// fallback under `BACKEND_FAILURE_POLICY=local`.
+    /// The in-process counters behind this store, to sweep: the memory store itself, or
+    /// Redis's fallback under `BACKEND_FAILURE_POLICY=local`.
     pub fn memory(&self) -> Option<&Arc<MemoryStore>> {
         match self {
             Store::Memory(m) => Some(m),
             Store::Redis(r) => r.fallback(),
         }
-    }
-
-    /// The current decision for a counter, without changing it (memory only; `None`
-    /// for Redis, where a look costs a round trip).
-    pub fn peek<E: EntryView>(&self, counter: &Counter<'_, E>, now: Nanos) -> Option<Outcome> {
-        match self {
-            Store::Memory(memory) => {
-                let mut buf = Vec::new();
-                counter.encode(&mut buf);
-                Some(memory.peek(&buf, counter.params, now))
-            }
-            Store::Redis(_) => None,
-        }
-    }
-}
-
-/// Applies a batch to in-process counters.
-#[inline]
-pub fn apply_in_memory<E: EntryView>(memory: &MemoryStore, counters: &[Counter<'_, E>], now: Nanos) -> Batch {
-    counters
-        .iter()
-        .map(|counter| {
-            let encode = |buf: &mut Vec<u8>| counter.encode(buf);
-            if counter.give_back {
-                memory.give_back_with_key(encode, counter.params, counter.hits, now)
-            } else {
-                memory.apply_with_key(encode, counter.params, counter.hits, now)
-            }
-        })
-        .collect()
-}
-
-/// Takes back a batch's hits from in-process counters.
-pub fn refund_in_memory<E: EntryView>(memory: &MemoryStore, counters: &[Counter<'_, E>], consumed_at: Nanos) {
-    for counter in counters {
-        memory.refund_with_key(|buf| counter.encode(buf), counter.params, counter.hits, consumed_at);
     }
 }

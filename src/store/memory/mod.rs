@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::key::{self, DecodedLimit};
+use super::{Batch, Counter};
 use crate::clock::Nanos;
 use crate::limiter::{self, Algorithm, LimitParams, Outcome, State, Step, sliding_window};
-use crate::rules::LimitRegistry;
+use crate::rules::{EntryView, LimitRegistry};
 use table::{Entry, Table};
 
 /// The default cap on live counters: about 75 MB of counters at the cap (about 74 bytes
@@ -42,6 +43,15 @@ pub struct Applied {
     pub consumed: bool,
     /// Answered from Redis's local over-limit cache, without asking Redis.
     pub cached: bool,
+    /// Not decided: the backend failed and its policy (`allow`) waived this limit.
+    pub waived: bool,
+}
+
+impl Applied {
+    /// A decision that consumed hits if it admitted them (or, for fixed windows, always).
+    pub fn decided(outcome: Outcome, consumed: bool) -> Applied {
+        Applied { outcome, consumed, cached: false, waived: false }
+    }
 }
 
 #[derive(Debug)]
@@ -144,6 +154,29 @@ impl MemoryStore {
         Self::with_key(encode, |key| self.refund(key, params, hits, consumed_at))
     }
 
+    /// Applies a batch, each counter in turn.
+    #[inline]
+    pub fn apply_all<E: EntryView>(&self, counters: &[Counter<'_, E>], now: Nanos) -> Batch {
+        counters
+            .iter()
+            .map(|counter| {
+                let encode = |buf: &mut Vec<u8>| counter.encode(buf);
+                if counter.give_back {
+                    self.give_back_with_key(encode, counter.params, counter.hits, now)
+                } else {
+                    self.apply_with_key(encode, counter.params, counter.hits, now)
+                }
+            })
+            .collect()
+    }
+
+    /// Takes back a batch's hits.
+    pub fn refund_all<E: EntryView>(&self, counters: &[Counter<'_, E>], consumed_at: Nanos) {
+        for counter in counters {
+            self.refund_with_key(|buf| counter.encode(buf), counter.params, counter.hits, consumed_at);
+        }
+    }
+
     /// Encodes a key with the thread's reusable buffer, gives `hits` back to its counter
     /// (`is_negative_hits`) and reports its state after that.
     pub fn give_back_with_key(
@@ -172,7 +205,7 @@ impl MemoryStore {
             return applied;
         }
         if hits == 0 {
-            return Applied { outcome: check_fresh(now, params), consumed: false, cached: false };
+            return Applied::decided(check_fresh(now, params), false);
         }
         let (applied, evicted) =
             self.counters.with_inserted(hash, key, secs, self.max_counters, |entry| commit(entry, now, hits, params));
@@ -288,7 +321,7 @@ fn commit(entry: &Entry, now: Nanos, hits: u64, params: &LimitParams) -> Applied
         // count only admitted ones.
         let consumed = hits > 0 && (!outcome.over_limit || params.algorithm == Algorithm::FixedWindow);
         if next == word || entry.state.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            return Applied { outcome, consumed, cached: false };
+            return Applied::decided(outcome, consumed);
         }
     }
 }

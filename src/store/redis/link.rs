@@ -175,9 +175,12 @@ async fn sentinel_master(target: &RedisTarget, master: &str) -> Result<redis::Cl
 pub struct Links(Box<[Link]>);
 
 impl Links {
-    /// The link whose I/O runs on this thread's runtime.
-    pub fn here(&self) -> &Link {
-        let slot = crate::grpc::current_worker().map_or(0, |w| w + 1);
+    /// The link whose I/O runs on `lane`'s runtime.
+    pub fn here(&self, lane: crate::store::Lane) -> &Link {
+        let slot = match lane {
+            crate::store::Lane::Main => 0,
+            crate::store::Lane::Worker(w) => w + 1,
+        };
         self.0.get(slot).unwrap_or(&self.0[0])
     }
 
