@@ -1,6 +1,6 @@
 //! Wiring: from settings to a running service, and back down on shutdown.
 //!
-//! Owns the start-up sequence of SPEC §7 (load the rules, bind every listener, report
+//! Owns the start-up sequence (load the rules, bind every listener, report
 //! ready) and the shutdown sequence (report not-ready at once, keep answering for the
 //! grace period, stop accepting, let in-flight calls finish, return). Binding is separate
 //! from running ([`Server::start`] then [`Started::run`]) so tests bind port 0, read the
@@ -268,7 +268,7 @@ fn bind_grpc(
 }
 
 impl Started {
-    /// Serves until `shutdown` completes, then drains as SPEC §7 says and returns.
+    /// Serves until `shutdown` completes, then drains (docs/architecture.md) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Started { shared, watching, tls, settings, grpc_listeners, http_listener, debug_listener, .. } = self;
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -56,10 +56,6 @@ impl Health {
         self.publish();
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
     /// Follows every change of the serving state.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.serving.subscribe()

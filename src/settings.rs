@@ -37,8 +37,8 @@ const fn spec(env: &'static str, default: &'static str, help: &'static str) -> S
     Spec { env, default, help }
 }
 
-/// Every setting sluicegate reads. Defaults are the reference's, except where SPEC §5
-/// says otherwise (`BACKEND_TYPE`, `USE_STATSD`).
+/// Every setting sluicegate reads. Defaults are the reference's, except where
+/// docs/compatibility.md says otherwise (`BACKEND_TYPE`, `USE_STATSD`, `REDIS_SOCKET_TYPE`).
 pub const SPECS: &[Spec] = &[
     spec("HOST", "0.0.0.0", "Address of the HTTP listener (/healthcheck, /json)"),
     spec("PORT", "8080", "Port of the HTTP listener (0 picks a free port)"),
@@ -888,8 +888,11 @@ mod tests {
 
     #[test]
     fn empty_values_mean_the_default() {
-        let s = parse(&[("GRPC_PORT", ""), ("SHADOW_MODE", "")]).unwrap();
+        let s = parse(&[("GRPC_PORT", ""), ("SHADOW_MODE", ""), ("NEAR_LIMIT_RATIO", ""), ("GRPC_WORKERS", "")])
+            .expect("empty values parse as their defaults");
         assert_eq!(s.grpc, Listen::Tcp { host: "0.0.0.0".into(), port: 8081 });
+        assert!(!s.service.global_shadow_mode);
+        assert_eq!(s.stats.near_limit_ratio, 0.8, "not 0, which an empty number could read as");
     }
 
     #[test]

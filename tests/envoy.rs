@@ -43,6 +43,7 @@ fn stack(env: &[(&str, &str)]) -> (Running, Envoy) {
 /// Makes sure a test's requests all fall in one fixed window of `window` seconds: for a
 /// one-second window, starts at the beginning of a second; for longer ones, waits out a
 /// window about to end.
+#[allow(clippy::disallowed_methods)] // real Envoy and a real server: real time
 fn within_one_window(window: u64) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let left = window as f64 - now % window as f64;

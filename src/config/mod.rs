@@ -283,5 +283,5 @@ fn finish(
     if diags.has_errors() {
         return Err(diags);
     }
-    Ok(ConfigSnapshot { rules, files, warnings: diags, loaded_at: SystemTime::now(), version })
+    Ok(ConfigSnapshot { rules, files, warnings: diags, loaded_at: reload::wall_clock_now(), version })
 }

@@ -138,10 +138,8 @@ impl Reloader {
                     o.failed(&diags);
                 }
                 self.status.failed.fetch_add(1, Ordering::Relaxed);
-                *self.status.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(LoadFailure {
-                    at: SystemTime::now(),
-                    errors: diags.errors().map(|d| d.to_string()).collect(),
-                });
+                *self.status.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(LoadFailure { at: wall_clock_now(), errors: diags.errors().map(|d| d.to_string()).collect() });
                 Err(diags)
             }
         }
@@ -291,4 +289,11 @@ pub async fn watch(reloader: Arc<Reloader>, mut watching: Watching, mut stop: si
         let _ = tokio::task::spawn_blocking(move || r.reload()).await;
         watching.rearm();
     }
+}
+
+/// When something happened, for operators to read (`/debug/config`): the wall clock,
+/// not the decision clock, which tests may hold still.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn wall_clock_now() -> SystemTime {
+    SystemTime::now()
 }

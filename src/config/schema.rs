@@ -1,6 +1,6 @@
 //! The rule file schema: from a positioned YAML tree to typed definitions.
 //!
-//! Owns every per-node check of the reference schema (SPEC §2.1) and reports each problem
+//! Owns every per-node check of the reference schema (docs/compatibility.md) and reports each problem
 //! at its node, continuing past it so a file's every error is reported in one run. The
 //! message texts after the position are the reference's (`config error, unknown key
 //! 'ratelimit'`, `invalid rate limit unit 'foo'`, ...) so operators' alerts keep matching;
@@ -10,7 +10,7 @@
 //! the wrong place (`unit` at the top level) is accepted, with a warning; a name known
 //! nowhere is an error.
 //!
-//! sluicegate's extensions (SPEC §2.2: `algorithm`, `limit` strings, `rate_limits`,
+//! sluicegate's extensions (docs/rules.md: `algorithm`, `limit` strings, `rate_limits`,
 //! `burst`, `unit_multiplier`, `response`, `default_limit`, `inherit_default`) are read
 //! here too; a reference file never needs them.
 //!
@@ -122,7 +122,7 @@ const REFERENCE_KEYS: &[&str] = &[
     "metadata",
 ];
 
-/// The keys sluicegate adds (SPEC §2.2); like the reference's, known at every level.
+/// The keys sluicegate adds (docs/rules.md); like the reference's, known at every level.
 const EXTENSION_KEYS: &[&str] = &[
     "algorithm",
     "default_limit",

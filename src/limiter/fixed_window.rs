@@ -2,7 +2,7 @@
 //!
 //! State: `(window_index << 32) | count`, where `window_index = floor(now / window)` in
 //! Unix seconds. A counter from an earlier window reads as zero, so windows reset without
-//! any timer. Arithmetic (SPEC §3.3, copied exactly): `after = count + hits`; over the
+//! any timer. Arithmetic (the reference's, exactly; docs/compatibility.md): `after = count + hits`; over the
 //! limit iff `after > requests_per_unit`; remaining `requests_per_unit - after` when OK and
 //! 0 when over; `duration_until_reset = window - now mod window` in whole seconds. Hits
 //! are counted even when over the limit, as the reference's `INCRBY` does. The count

@@ -2,7 +2,7 @@
 //!
 //! Owns "which rule does this descriptor hit". A [`RuleSet`] is built once per config
 //! load (`build.rs`) and then only read, shared by every request thread without locks.
-//! Matching follows the reference exactly (SPEC §3.1): at each level the exact
+//! Matching follows the reference exactly (docs/compatibility.md): at each level the exact
 //! `(key, value)` child wins, then the value patterns of that key in file order, then the
 //! key-only child; no child means no limit; a rule applies only when the request's
 //! entries end at its depth; there is no fallback to a parent. Keys and values are never
@@ -123,77 +123,100 @@ struct KeyChildren {
 impl Domain {
     /// The rule a descriptor's entries end at, if any. A rule with no limits in the result
     /// is an explicit whitelist (or a placeholder the request stopped at).
+    #[inline]
     pub fn find<E: EntryView>(&self, entries: &[E]) -> Option<&Rule> {
-        let last = entries.len().checked_sub(1)?;
-        let mut children = &self.root;
-        for (depth, entry) in entries.iter().enumerate() {
-            let same_key = children.by_key.get(entry.key())?;
-            let index = same_key
-                .exact
-                .get(entry.value())
-                .copied()
-                .or_else(|| same_key.patterns.iter().find(|(p, _)| p.matches(entry.value())).map(|(_, i)| *i))
-                .or(same_key.any)?;
-            if depth == last {
-                return Some(&self.rules[index as usize]);
-            }
-            children = &self.children[index as usize];
-        }
-        None
+        self.walk(entries, |_, _, _| {}).ok()
     }
 
     /// Walks the tree like [`Domain::find`], saying at each level what matched and how,
     /// or why nothing did: the heart of `sluicegate explain`.
     pub fn explain<E: EntryView>(&self, entries: &[E]) -> (Option<&Rule>, Vec<String>) {
         let mut lines = Vec::new();
-        let Some(last) = entries.len().checked_sub(1) else {
-            lines.push("the descriptor has no entries".into());
-            return (None, lines);
-        };
-        let mut children = &self.root;
-        for (depth, entry) in entries.iter().enumerate() {
-            let level = depth + 1;
-            let (key, value) = (entry.key(), entry.value());
-            let Some(same_key) = children.by_key.get(key) else {
-                let mut keys: Vec<&str> = children.by_key.keys().map(|k| &**k).collect();
-                keys.sort_unstable();
-                lines.push(if keys.is_empty() {
-                    format!("level {level}: ({key}, {value}): the rule above has no child rules")
-                } else {
-                    format!("level {level}: ({key}, {value}): no rule has key '{key}' here (keys: {})", keys.join(", "))
-                });
-                return (None, lines);
+        let walked = self.walk(entries, |depth, rule, how| {
+            let entry = &entries[depth];
+            let how = match how {
+                How::Exact => "the exact value".to_string(),
+                How::Pattern(p) => format!("the pattern '{}'", p.as_str()),
+                How::AnyValue => "the key-only rule (any value)".to_string(),
             };
-            let found = if let Some(&i) = same_key.exact.get(value) {
-                Some((i, "the exact value".to_string()))
-            } else if let Some((p, i)) = same_key.patterns.iter().find(|(p, _)| p.matches(value)) {
-                Some((*i, format!("the pattern '{}'", p.as_str())))
-            } else {
-                same_key.any.map(|i| (i, "the key-only rule (any value)".to_string()))
-            };
-            let Some((index, how)) = found else {
-                let mut values: Vec<&str> = same_key.exact.keys().map(|v| &**v).collect();
-                values.extend(same_key.patterns.iter().map(|(p, _)| p.as_str()));
-                values.sort_unstable();
-                lines.push(format!(
-                    "level {level}: ({key}, {value}): no rule for this value and no key-only rule for '{key}' (values: {})",
-                    values.join(", ")
-                ));
-                return (None, lines);
-            };
-            let rule = &self.rules[index as usize];
             lines.push(format!(
-                "level {level}: ({key}, {value}) matched {how}: {} ({}:{})",
+                "level {}: ({}, {}) matched {how}: {} ({}:{})",
+                depth + 1,
+                entry.key(),
+                entry.value(),
                 rule.stats_key(),
                 rule.file,
                 rule.pos
             ));
+        });
+        let stop = match walked {
+            Ok(rule) => return (Some(rule), lines),
+            Err(stop) => stop,
+        };
+        lines.push(match stop {
+            Stop::NoEntries => "the descriptor has no entries".into(),
+            Stop::NoKey { depth, children } => {
+                let (key, value) = (entries[depth].key(), entries[depth].value());
+                let mut keys: Vec<&str> = children.by_key.keys().map(|k| &**k).collect();
+                keys.sort_unstable();
+                if keys.is_empty() {
+                    format!("level {}: ({key}, {value}): the rule above has no child rules", depth + 1)
+                } else {
+                    format!(
+                        "level {}: ({key}, {value}): no rule has key '{key}' here (keys: {})",
+                        depth + 1,
+                        keys.join(", ")
+                    )
+                }
+            }
+            Stop::NoValue { depth, same_key } => {
+                let (key, value) = (entries[depth].key(), entries[depth].value());
+                let mut values: Vec<&str> = same_key.exact.keys().map(|v| &**v).collect();
+                values.extend(same_key.patterns.iter().map(|(p, _)| p.as_str()));
+                values.sort_unstable();
+                format!(
+                    "level {}: ({key}, {value}): no rule for this value and no key-only rule for '{key}' (values: {})",
+                    depth + 1,
+                    values.join(", ")
+                )
+            }
+        });
+        (None, lines)
+    }
+
+    /// The one tree walk behind [`Domain::find`] and [`Domain::explain`]: at each level the
+    /// exact value, else the first matching pattern, else the key-only rule; `matched`
+    /// hears every level that matched. Allocates nothing.
+    #[inline]
+    fn walk<'a, E: EntryView>(
+        &'a self,
+        entries: &[E],
+        mut matched: impl FnMut(usize, &'a Rule, How<'a>),
+    ) -> Result<&'a Rule, Stop<'a>> {
+        let last = entries.len().checked_sub(1).ok_or(Stop::NoEntries)?;
+        let mut children = &self.root;
+        for (depth, entry) in entries.iter().enumerate() {
+            let Some(same_key) = children.by_key.get(entry.key()) else {
+                return Err(Stop::NoKey { depth, children });
+            };
+            let value = entry.value();
+            let (index, how) = if let Some(&i) = same_key.exact.get(value) {
+                (i, How::Exact)
+            } else if let Some((p, i)) = same_key.patterns.iter().find(|(p, _)| p.matches(value)) {
+                (*i, How::Pattern(p))
+            } else if let Some(i) = same_key.any {
+                (i, How::AnyValue)
+            } else {
+                return Err(Stop::NoValue { depth, same_key });
+            };
+            let rule = &self.rules[index as usize];
+            matched(depth, rule, how);
             if depth == last {
-                return (Some(rule), lines);
+                return Ok(rule);
             }
             children = &self.children[index as usize];
         }
-        (None, lines)
+        Err(Stop::NoEntries)
     }
 
     /// Every rule of the domain, in file order.
@@ -205,6 +228,28 @@ impl Domain {
     pub fn defaults(&self) -> &[Limit] {
         &self.defaults
     }
+}
+
+/// How a level of a walk matched.
+enum How<'a> {
+    Exact,
+    Pattern(&'a Pattern),
+    AnyValue,
+}
+
+/// Why a walk found no rule.
+enum Stop<'a> {
+    NoEntries,
+    /// No rule at `depth` has the entry's key (`children` are the rules there).
+    NoKey {
+        depth: usize,
+        children: &'a Children,
+    },
+    /// Rules at `depth` have the key, but none the value, and there is no key-only rule.
+    NoValue {
+        depth: usize,
+        same_key: &'a KeyChildren,
+    },
 }
 
 /// One level of a rule's path, as the config wrote it.
@@ -329,6 +374,7 @@ impl Rule {
     }
 
     /// Whether any level shares its counter across values.
+    #[cfg(test)]
     pub fn shares_counters(&self) -> bool {
         self.shared_levels != 0
     }
@@ -353,7 +399,7 @@ impl Rule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limit {
     /// Stable across reloads while the rule's domain, path and parameters stay the same,
-    /// so an unchanged rule keeps its counts (SPEC §9.8).
+    /// so an unchanged rule keeps its counts.
     pub counter_id: u32,
     pub params: LimitParams,
     /// `name` of the limit (`rate_limit.name`, or a `rate_limits` item's): reported as

@@ -4,7 +4,7 @@
 //! limit in the rule, and its parameters) to a small number that counter keys carry
 //! instead of the identity itself. Two loads of the same rule get the same number, so
 //! the memory store finds the same counters after a reload; a changed rule gets a new
-//! number and starts counting afresh (SPEC §9.8). The store also asks it for a number's
+//! number and starts counting afresh (docs/architecture.md, "The path of a reload"). The store also asks it for a number's
 //! parameters when it sweeps expired counters.
 //!
 //! Only config loads and the sweeper call in here, never a request, so a mutex is fine.

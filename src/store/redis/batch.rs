@@ -336,7 +336,8 @@ fn jitter(max: u64) -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             use std::hash::BuildHasher;
-            foldhash::fast::RandomState::default().hash_one(std::time::SystemTime::now()) | 1
+            // A fresh random hasher per thread makes the seed random.
+            foldhash::fast::RandomState::default().hash_one(0u64) | 1
         });
     }
     STATE.with(|s| {
