@@ -154,8 +154,8 @@ impl Domain {
             Err(stop) => stop,
         };
         lines.push(match stop {
-            Stop::NoEntries => "the descriptor has no entries".into(),
-            Stop::NoKey { depth, children } => {
+            Stop::Empty => "the descriptor has no entries".into(),
+            Stop::UnknownKey { depth, children } => {
                 let (key, value) = (entries[depth].key(), entries[depth].value());
                 let mut keys: Vec<&str> = children.by_key.keys().map(|k| &**k).collect();
                 keys.sort_unstable();
@@ -169,7 +169,7 @@ impl Domain {
                     )
                 }
             }
-            Stop::NoValue { depth, same_key } => {
+            Stop::UnknownValue { depth, same_key } => {
                 let (key, value) = (entries[depth].key(), entries[depth].value());
                 let mut values: Vec<&str> = same_key.exact.keys().map(|v| &**v).collect();
                 values.extend(same_key.patterns.iter().map(|(p, _)| p.as_str()));
@@ -193,11 +193,11 @@ impl Domain {
         entries: &[E],
         mut matched: impl FnMut(usize, &'a Rule, How<'a>),
     ) -> Result<&'a Rule, Stop<'a>> {
-        let last = entries.len().checked_sub(1).ok_or(Stop::NoEntries)?;
+        let last = entries.len().checked_sub(1).ok_or(Stop::Empty)?;
         let mut children = &self.root;
         for (depth, entry) in entries.iter().enumerate() {
             let Some(same_key) = children.by_key.get(entry.key()) else {
-                return Err(Stop::NoKey { depth, children });
+                return Err(Stop::UnknownKey { depth, children });
             };
             let value = entry.value();
             let (index, how) = if let Some(&i) = same_key.exact.get(value) {
@@ -207,7 +207,7 @@ impl Domain {
             } else if let Some(i) = same_key.any {
                 (i, How::AnyValue)
             } else {
-                return Err(Stop::NoValue { depth, same_key });
+                return Err(Stop::UnknownValue { depth, same_key });
             };
             let rule = &self.rules[index as usize];
             matched(depth, rule, how);
@@ -216,7 +216,7 @@ impl Domain {
             }
             children = &self.children[index as usize];
         }
-        Err(Stop::NoEntries)
+        Err(Stop::Empty)
     }
 
     /// Every rule of the domain, in file order.
@@ -239,14 +239,14 @@ enum How<'a> {
 
 /// Why a walk found no rule.
 enum Stop<'a> {
-    NoEntries,
+    Empty,
     /// No rule at `depth` has the entry's key (`children` are the rules there).
-    NoKey {
+    UnknownKey {
         depth: usize,
         children: &'a Children,
     },
     /// Rules at `depth` have the key, but none the value, and there is no key-only rule.
-    NoValue {
+    UnknownValue {
         depth: usize,
         same_key: &'a KeyChildren,
     },
