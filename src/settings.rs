@@ -307,7 +307,11 @@ impl Reader<'_> {
         match parse(&raw) {
             Ok(v) => v,
             Err(reason) => {
-                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                self.errors.push(format!(
+                    "{}={} is not valid: {reason}",
+                    self.source.describe(name),
+                    shown(name, &raw)
+                ));
                 parse(Self::spec(name).default).unwrap_or_else(|e| panic!("default of {name} must parse: {e}"))
             }
         }
@@ -320,7 +324,11 @@ impl Reader<'_> {
         match parse(&raw) {
             Ok(v) => v,
             Err(reason) => {
-                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                self.errors.push(format!(
+                    "{}={} is not valid: {reason}",
+                    self.source.describe(name),
+                    shown(name, &raw)
+                ));
                 fallback
             }
         }
@@ -332,6 +340,18 @@ impl Reader<'_> {
 
     fn boolean(&mut self, name: &str) -> bool {
         self.parse(name, parse_bool)
+    }
+}
+
+/// A value as a settings error quotes it. Passwords (`*_AUTH` and the like) never show,
+/// and addresses (`*_URL`) show with their credentials masked: errors reach logs.
+fn shown(name: &str, raw: &str) -> String {
+    if ["AUTH", "PASS", "PASSWORD", "SECRET", "TOKEN"].iter().any(|word| name.split('_').any(|part| part == *word)) {
+        "\"***\"".to_string()
+    } else if name.ends_with("_URL") {
+        format!("{:?}", crate::store::redis::options::mask_addresses(raw))
+    } else {
+        format!("{raw:?}")
     }
 }
 
@@ -837,6 +857,40 @@ mod tests {
         assert!(err.0[3].starts_with("REDIS_TIMEOUT=\"0\""), "{err}");
         let err = parse(&[("BACKEND_TYPE", "redis"), ("REDIS_TYPE", "ring")]).unwrap_err();
         assert!(err.0[0].contains("Unrecognized redis type ring"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_quote_a_redis_password() {
+        for url in ["redis://user:s3cret/x@h:6379", "user:s3cret@h:6379", "redis://:s3cret@h:notaport"] {
+            let err = parse(&[
+                ("BACKEND_TYPE", "redis"),
+                ("REDIS_URL", url),
+                ("REDIS_PERSECOND", "true"),
+                ("REDIS_PERSECOND_URL", url),
+            ])
+            .unwrap_err();
+            assert_eq!(err.0.len(), 2, "{err}");
+            assert!(err.0[0].starts_with("REDIS_URL=\""), "{err}");
+            assert!(err.0[1].starts_with("REDIS_PERSECOND_URL=\""), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_credential_setting_is_masked_in_errors() {
+        let secret = |n: &&str| ["AUTH", "PASS", "SECRET", "TOKEN"].iter().any(|w| n.contains(w));
+        let secrets: Vec<&str> = SPECS.iter().map(|s| s.env).filter(secret).collect();
+        // A new credential setting lands here first: check it is masked, then add it.
+        assert_eq!(
+            secrets,
+            ["REDIS_AUTH", "REDIS_SENTINEL_AUTH", "REDIS_PERSECOND_AUTH", "REDIS_PERSECOND_SENTINEL_AUTH"]
+        );
+        for name in secrets {
+            assert_eq!(shown(name, "user:s3cret"), "\"***\"", "{name}");
+        }
+        for name in SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_URL")) {
+            assert!(!shown(name, "redis://u:s3cret@h,u:s3cret@h:1").contains("s3cret"), "{name}");
+        }
     }
 
     #[test]
