@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigSource, RuntimeLayout};
+use crate::config::{ConfigSource, EmptyConfig, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::service::{Consume, FailurePolicy, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
@@ -63,6 +63,11 @@ pub const SPECS: &[Spec] = &[
     spec("RUNTIME_WATCH_ROOT", "true", "Reload when RUNTIME_ROOT is swapped rather than on file changes"),
     spec("MERGE_DOMAIN_CONFIG", "false", "Allow several files to define the same domain"),
     spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
+    spec(
+        "CONFIG_REFUSE_EMPTY",
+        "false",
+        "Fail a config load that finds no domain (the previous rules stay; at start-up, exit 1)",
+    ),
     spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
     spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
     spec(
@@ -254,6 +259,8 @@ pub struct Settings {
     pub config_source: ConfigSource,
     pub merge_domains: bool,
     pub force_start_without_initial_config: bool,
+    /// `CONFIG_REFUSE_EMPTY`: whether a load that finds no domain fails.
+    pub empty_config: EmptyConfig,
     pub backend: Backend,
     pub memory_max_counters: usize,
     pub default_algorithm: Algorithm,
@@ -340,6 +347,10 @@ impl Reader<'_> {
 
     fn boolean(&mut self, name: &str) -> bool {
         self.parse(name, parse_bool)
+    }
+
+    fn empty_config(&mut self) -> EmptyConfig {
+        if self.boolean("CONFIG_REFUSE_EMPTY") { EmptyConfig::Refuse } else { EmptyConfig::Warn }
     }
 }
 
@@ -493,6 +504,16 @@ pub fn build_options(source: &dyn Source) -> Result<crate::rules::BuildOptions, 
     Ok(crate::rules::BuildOptions { merge_domains, default_algorithm })
 }
 
+/// `CONFIG_REFUSE_EMPTY`, for the commands that load rules without serving.
+pub fn empty_config(source: &dyn Source) -> Result<EmptyConfig, SettingsError> {
+    let mut r = Reader { source, errors: Vec::new() };
+    let empty = r.empty_config();
+    if !r.errors.is_empty() {
+        return Err(SettingsError(r.errors));
+    }
+    Ok(empty)
+}
+
 impl Settings {
     /// Parses every setting from `source`. `config_paths` are the `--config` arguments.
     pub fn parse(source: &dyn Source, config_paths: Vec<PathBuf>) -> Result<Settings, SettingsError> {
@@ -574,6 +595,7 @@ impl Settings {
         };
         let merge_domains = r.boolean("MERGE_DOMAIN_CONFIG");
         let force_start_without_initial_config = r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG");
+        let empty_config = r.empty_config();
         let use_redis = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
             "memory" => Ok(false),
             "redis" => Ok(true),
@@ -704,6 +726,7 @@ impl Settings {
             config_source,
             merge_domains,
             force_start_without_initial_config,
+            empty_config,
             backend,
             memory_max_counters,
             default_algorithm,
@@ -891,6 +914,14 @@ mod tests {
         for name in SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_URL")) {
             assert!(!shown(name, "redis://u:s3cret@h,u:s3cret@h:1").contains("s3cret"), "{name}");
         }
+    }
+
+    #[test]
+    fn empty_loads_are_refused_only_when_asked() {
+        assert_eq!(parse(&[]).unwrap().empty_config, EmptyConfig::Warn);
+        assert_eq!(parse(&[("CONFIG_REFUSE_EMPTY", "true")]).unwrap().empty_config, EmptyConfig::Refuse);
+        let err = parse(&[("CONFIG_REFUSE_EMPTY", "always")]).unwrap_err();
+        assert!(err.0[0].starts_with("CONFIG_REFUSE_EMPTY=\"always\" is not valid"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,30 @@ pub enum ConfigSource {
     Runtime(RuntimeLayout),
 }
 
+impl ConfigSource {
+    /// How diagnostics about the whole source name it.
+    fn name(&self) -> Arc<str> {
+        match self {
+            ConfigSource::Paths(paths) => {
+                Arc::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","))
+            }
+            ConfigSource::Runtime(layout) => path_name(&layout.config_dir()),
+        }
+    }
+}
+
+/// What a load that finds no domain at all is (`CONFIG_REFUSE_EMPTY`). Such a load lets
+/// every request through unlimited, and it is what an emptied directory gives between a
+/// non-atomic `rm` and `cp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmptyConfig {
+    /// A good load with a warning, as the reference takes it (without the warning).
+    #[default]
+    Warn,
+    /// A failed load: the previous rules, if any, stay; at start-up, the start fails.
+    Refuse,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeLayout {
     pub root: PathBuf,
@@ -132,8 +156,50 @@ fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<(Arc<str>, Vec<sche
 }
 
 /// Loads every file of `source` into a snapshot, or fails with every error found.
-/// Warnings of a successful load are in the snapshot.
+/// Warnings of a successful load are in the snapshot; a load with no domain warns.
 pub fn load(
+    source: &ConfigSource,
+    options: &BuildOptions,
+    registry: &LimitRegistry,
+    version: u64,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    load_with(source, options, registry, version, EmptyConfig::Warn)
+}
+
+/// As [`load`], with a load that finds no domain warned about or refused.
+pub fn load_with(
+    source: &ConfigSource,
+    options: &BuildOptions,
+    registry: &LimitRegistry,
+    version: u64,
+    empty: EmptyConfig,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    let mut snapshot = read_source(source, options, registry, version)?;
+    if snapshot.rules.domains().is_empty() {
+        let name = source.name();
+        match empty {
+            EmptyConfig::Warn => snapshot.warnings.push(Diagnostic::warning(
+                &name,
+                Pos::START,
+                "no rule file defines a domain: every request is answered OK, with no limit \
+                 (CONFIG_REFUSE_EMPTY=true refuses such a load)",
+            )),
+            EmptyConfig::Refuse => {
+                let mut diags = snapshot.warnings;
+                diags.push(Diagnostic::error(
+                    &name,
+                    Pos::START,
+                    "no rule file defines a domain, and CONFIG_REFUSE_EMPTY=true refuses a load \
+                     that would leave every request unlimited",
+                ));
+                return Err(diags);
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+fn read_source(
     source: &ConfigSource,
     options: &BuildOptions,
     registry: &LimitRegistry,
