@@ -360,7 +360,7 @@ fn shown(name: &str, raw: &str) -> String {
     if ["AUTH", "PASS", "PASSWORD", "SECRET", "TOKEN"].iter().any(|word| name.split('_').any(|part| part == *word)) {
         "\"***\"".to_string()
     } else if name.ends_with("_URL") {
-        format!("{:?}", crate::store::redis::options::mask_addresses(raw))
+        format!("{:?}", crate::store::redis::mask::mask_addresses(raw))
     } else {
         format!("{raw:?}")
     }

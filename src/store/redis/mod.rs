@@ -13,6 +13,7 @@
 pub mod keys;
 pub mod link;
 pub mod local_cache;
+pub mod mask;
 pub mod options;
 pub mod script;
 

@@ -4,13 +4,15 @@
 //! lists for Cluster, `master,sentinel1,...` for Sentinel, and `redis://`/`rediss://`
 //! URLs) into [`RedisTarget`], and turning a target into the redis crate's connection
 //! infos. Credentials never leave this module in text: `Debug` and [`RedisTarget::describe`]
-//! mask them, so settings, logs and `/debug/config` can show a target safely, and
-//! [`mask_addresses`] masks a `REDIS_URL` that did not even parse, for settings errors.
+//! mask them (with `mask.rs`), so settings, logs and `/debug/config` can show a target
+//! safely.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+
+use super::mask::{mask_address, mask_url, split_addresses};
 
 /// How the Redis deployment is laid out (`REDIS_TYPE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +117,10 @@ impl RedisTarget {
             "unix" => true,
             other => return Err(format!("REDIS_SOCKET_TYPE {other:?} is not tcp or unix")),
         };
+        if split_addresses(url).len() != url.split(',').count() {
+            // Quoting the pieces would show the password's pieces.
+            return Err("a URL's credentials hold a comma, which separates addresses here: write it as %2C".into());
+        }
         let parts: Vec<&str> = url.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
         if parts.is_empty() {
             return Err("expected an address (host:port, a socket path or a redis:// URL)".into());
@@ -222,63 +228,6 @@ fn parse_node(part: &str, unix: bool) -> Result<NodeAddr, String> {
     Ok(NodeAddr::Tcp { host: host.to_string(), port })
 }
 
-/// A URL as logs and errors may show it: `redis://user:secret@host` →
-/// `redis://user:***@host`, `unix:///redis.sock?pass=secret` → `unix:///redis.sock?pass=***`.
-/// Errs on the side of hiding: in a URL that does not parse (a password with an unescaped
-/// `/`, `@`, `#` or `?`), everything up to the last `@` counts as credentials.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return mask_address(url) };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    match rest.rfind('@') {
-        // A rest that starts with `/` has no authority (a socket path, which may hold `@`).
-        Some(at) if !rest.starts_with('/') => {
-            format!("{scheme}{}{}", mask_userinfo(&rest[..at]), mask_query(&rest[at..]))
-        }
-        _ => format!("{scheme}{}", mask_query(rest)),
-    }
-}
-
-/// Any address of `REDIS_URL`, masked: a URL as [`mask_url`]; a scheme-less one with an
-/// `@` (credentials where none belong) hidden up to its last `@`.
-pub fn mask_address(address: &str) -> String {
-    if address.contains("://") {
-        return mask_url(address);
-    }
-    match address.rfind('@') {
-        Some(at) => format!("***{}", &address[at..]),
-        None => address.to_string(),
-    }
-}
-
-/// A comma-separated list of addresses (`REDIS_URL` as written), each masked.
-pub fn mask_addresses(list: &str) -> String {
-    list.split(',').map(mask_address).collect::<Vec<_>>().join(",")
-}
-
-fn mask_userinfo(userinfo: &str) -> String {
-    match userinfo.split_once(':') {
-        // A "user" holding a character URLs reserve is more likely a mangled password.
-        Some((user, _)) if !user.contains(['@', '/', '?', '#']) => format!("{user}:***"),
-        _ => "***".to_string(),
-    }
-}
-
-/// Masks every query value but the few known to be harmless: unix socket URLs carry the
-/// password as `pass=`, and a key may be percent-encoded (`pa%73s`).
-fn mask_query(rest: &str) -> String {
-    let Some(q) = rest.find('?') else { return rest.to_string() };
-    let (before, query) = rest.split_at(q + 1);
-    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if !matches!(key, "db" | "protocol" | "user") => format!("{key}=***"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{before}{}{fragment}", pairs.join("&"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,36 +264,14 @@ mod tests {
     }
 
     #[test]
-    fn every_userinfo_form_is_masked() {
-        for (url, masked) in [
-            ("redis://:pw@h", "redis://:***@h"),
-            ("redis://pw@h:6379", "redis://***@h:6379"),
-            ("redis://u:p/w@h", "redis://u:***@h"),
-            ("rediss://u:p@h:1/0", "rediss://u:***@h:1/0"),
-            ("redis://u:p@ss@h:1", "redis://u:***@h:1"),
-            ("redis://:p@ss/w:rd@h/0", "redis://:***@h/0"),
-            ("redis://u:p:w@h", "redis://u:***@h"),
-            ("redis://u:p#w@h", "redis://u:***@h"),
-            ("redis://u:p?w@h/0?protocol=resp3", "redis://u:***@h/0?protocol=resp3"),
-            ("redis://u:p%40w%2F@h", "redis://u:***@h"),
-            ("redis://p/w@h", "redis://***@h"),
-            ("rediss://u:pw@h:1/#insecure", "rediss://u:***@h:1/#insecure"),
-            ("unix:///run/redis.sock?db=1&pass=pw&user=u", "unix:///run/redis.sock?db=1&pass=***&user=u"),
-            ("redis+unix:///run/r@1.sock?pa%73s=pw", "redis+unix:///run/r@1.sock?pa%73s=***"),
-            ("redis://h:6379/0", "redis://h:6379/0"),
-        ] {
-            assert_eq!(mask_url(url), masked, "{url}");
-        }
-    }
-
-    #[test]
     fn an_address_with_credentials_but_no_scheme_is_refused_masked() {
         let e = RedisTarget::parse_addresses("single", "tcp", "user:pw@host:6379").unwrap_err();
         assert!(!e.contains("pw"), "{e}");
         assert!(e.contains("***@host:6379") && e.contains("redis://"), "{e}");
         let e = RedisTarget::parse_addresses("cluster", "tcp", "a:1,:p/w@b:2").unwrap_err();
         assert!(!e.contains("p/w"), "{e}");
-        assert_eq!(mask_addresses("a:1,u:p@w@b:2,redis://u:pw@c"), "a:1,***@b:2,redis://u:***@c");
+        let e = RedisTarget::parse_addresses("cluster", "tcp", "redis://u:p,w@h:1,redis://k:2").unwrap_err();
+        assert!(e.contains("%2C") && !e.contains("p,") && !e.contains(":p"), "{e}");
         let e = RedisTarget::parse_addresses("single", "tcp", "redis://u:p/w@h").unwrap_err();
         assert!(e.starts_with("redis://u:***@h is not a Redis URL"), "{e}");
         let (_, n) = RedisTarget::parse_addresses("single", "unix", "/run/redis@1.sock").unwrap();
