@@ -15,7 +15,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use super::mask::{mask_address, mask_url, split_addresses};
 
 /// How the Redis deployment is laid out (`REDIS_TYPE`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Topology {
     Single,
     /// Sentinels that know the master named `master`.
@@ -23,6 +23,17 @@ pub enum Topology {
         master: String,
     },
     Cluster,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Single => f.write_str("Single"),
+            // The name comes first in REDIS_URL, so misplaced credentials land in it too.
+            Topology::Sentinel { master } => f.debug_struct("Sentinel").field("master", &mask_address(master)).finish(),
+            Topology::Cluster => f.write_str("Cluster"),
+        }
+    }
 }
 
 /// One address from `REDIS_URL`.
@@ -151,7 +162,7 @@ impl RedisTarget {
         let nodes: Vec<String> = self.nodes.iter().map(NodeAddr::describe).collect();
         let topology = match &self.topology {
             Topology::Single => "single".to_string(),
-            Topology::Sentinel { master } => format!("sentinel master {master:?} via"),
+            Topology::Sentinel { master } => format!("sentinel master {:?} via", mask_address(master)),
             Topology::Cluster => "cluster".to_string(),
         };
         let tls = if self.tls.is_some() { ", tls" } else { "" };
@@ -297,5 +308,9 @@ mod tests {
         };
         assert!(!format!("{target:?}").contains("s3cret"));
         assert!(!target.describe().contains("s3cret"));
+        let (topology, nodes) = RedisTarget::parse_addresses("sentinel", "tcp", "u:s3cret@m,s:26379").unwrap();
+        let sentinel = RedisTarget { topology, nodes, ..target };
+        assert_eq!(sentinel.describe(), "sentinel master \"***@m\" via s:26379");
+        assert!(!format!("{sentinel:?}").contains("s3cret"));
     }
 }
