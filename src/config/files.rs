@@ -146,7 +146,7 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 /// `open(2)` flags that make opening return at once whatever the entry has become since
 /// it was checked: without `O_NONBLOCK` a FIFO with no writer blocks `open` for ever,
 /// and without `O_NOCTTY` a terminal device could become the process's controlling
-/// terminal. Values from each platform's `<fcntl.h>` (no libc crate in the tree).
+/// terminal. Values from each platform's `<fcntl.h>` (libc is not a dependency).
 #[cfg(all(any(target_os = "linux", target_os = "android"), any(target_arch = "mips", target_arch = "mips64")))]
 const OPEN_WITHOUT_WAITING: i32 = 0o200 | 0o4000;
 #[cfg(all(any(target_os = "linux", target_os = "android"), any(target_arch = "sparc", target_arch = "sparc64")))]
