@@ -122,7 +122,8 @@ impl Server {
         let options = settings.rules;
         let stats = Stats::new(settings.stats.clone());
         let reloader = Arc::new(Reloader {
-            loader: ConfigLoader::new(settings.config_source.clone(), options, registry.clone()),
+            loader: ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
+                .on_empty(settings.empty_config),
             config: Arc::new(ArcSwapOption::empty()),
             health: Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded)),
             status: ReloadStatus::default(),

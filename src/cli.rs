@@ -13,10 +13,10 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::app::Server;
-use crate::config::{self, ConfigSource};
+use crate::config::{self, ConfigSource, EmptyConfig};
 use crate::limiter::{Algorithm, LimitParams};
 use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
-use crate::settings::{Env, SPECS, Settings, WithFlags, build_options, flag_name};
+use crate::settings::{Env, SPECS, Settings, WithFlags, build_options, empty_config, flag_name};
 
 /// `EX_USAGE`: the command line or a setting is invalid.
 pub const EXIT_USAGE: u8 = 64;
@@ -44,9 +44,15 @@ fn with_setting_flags(mut command: Command) -> Command {
     command
 }
 
-/// The flags that change how rules load (for `validate` and `explain`).
-fn with_load_flags(command: Command) -> Command {
-    ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"].into_iter().fold(command, |command, env| {
+/// The settings that change how rules build, as flags of `validate` and `explain`.
+const BUILD_SETTINGS: &[&str] = &["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"];
+/// And those that only change whether a load passes, for `validate`.
+const VALIDATE_SETTINGS: &[&str] =
+    &["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES", "CONFIG_REFUSE_EMPTY"];
+
+/// Flags for the settings named `envs`.
+fn with_load_flags(command: Command, envs: &[&'static str]) -> Command {
+    envs.iter().copied().fold(command, |command, env| {
         let spec = SPECS.iter().find(|s| s.env == env).expect("a known setting");
         command.arg(
             Arg::new(env)
@@ -72,6 +78,7 @@ pub fn command() -> Command {
                     .value_parser(clap::value_parser!(PathBuf))
                     .help("Rule files, or directories of *.yaml/*.yml rule files"),
             ),
+        VALIDATE_SETTINGS,
     );
     let explain = with_load_flags(
         Command::new("explain")
@@ -94,6 +101,7 @@ pub fn command() -> Command {
                     .required(true)
                     .help("A descriptor's entries in order (repeatable, one per descriptor)"),
             ),
+        BUILD_SETTINGS,
     );
     with_setting_flags(
         Command::new("sluicegate")
@@ -133,27 +141,35 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     }
 }
 
-fn load_options(matches: &ArgMatches) -> Result<BuildOptions, ExitCode> {
-    let flags: HashMap<String, String> = ["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"]
-        .into_iter()
-        .filter_map(|env| matches.get_one::<String>(env).map(|v| (env.to_string(), v.clone())))
+fn load_options(matches: &ArgMatches) -> Result<(BuildOptions, EmptyConfig), ExitCode> {
+    // `explain` has no CONFIG_REFUSE_EMPTY flag: `try_` reads what the command has.
+    let flags: HashMap<String, String> = VALIDATE_SETTINGS
+        .iter()
+        .filter_map(|&env| matches.try_get_one::<String>(env).ok().flatten().map(|v| (env.to_string(), v.clone())))
         .collect();
-    build_options(&WithFlags { flags, base: Env }).map_err(|e| {
-        for line in e.0 {
-            eprintln!("sluicegate: {line}");
+    let source = WithFlags { flags, base: Env };
+    let mut errors = Vec::new();
+    let build = build_options(&source).map_err(|e| errors.extend(e.0));
+    let empty = empty_config(&source).map_err(|e| errors.extend(e.0));
+    match (build, empty) {
+        (Ok(build), Ok(empty)) => Ok((build, empty)),
+        _ => {
+            for line in errors {
+                eprintln!("sluicegate: {line}");
+            }
+            Err(ExitCode::from(EXIT_USAGE))
         }
-        ExitCode::from(EXIT_USAGE)
-    })
+    }
 }
 
 fn validate(matches: &ArgMatches) -> ExitCode {
-    let options = match load_options(matches) {
+    let (options, empty) = match load_options(matches) {
         Ok(o) => o,
         Err(code) => return code,
     };
     let paths: Vec<PathBuf> = matches.get_many::<PathBuf>("paths").map(|v| v.cloned().collect()).unwrap_or_default();
     let source = ConfigSource::Paths(paths);
-    match config::load(&source, &options, &LimitRegistry::new(), 1) {
+    match config::load_with(&source, &options, &LimitRegistry::new(), 1, empty) {
         Ok(snapshot) => {
             if !snapshot.warnings.0.is_empty() {
                 println!("{}", snapshot.warnings);
@@ -183,7 +199,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn explain(matches: &ArgMatches) -> ExitCode {
-    let options = match load_options(matches) {
+    let (options, _) = match load_options(matches) {
         Ok(o) => o,
         Err(code) => return code,
     };

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigSource, RuntimeLayout};
+use crate::config::{ConfigSource, EmptyConfig, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::rules::BuildOptions;
 use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
@@ -70,6 +70,11 @@ pub const SPECS: &[Spec] = &[
         "Most rules (descriptor nodes, YAML aliases counted once per use) one load may build",
     ),
     spec("FORCE_START_WITHOUT_INITIAL_CONFIG", "false", "Start even if the first config load fails"),
+    spec(
+        "CONFIG_REFUSE_EMPTY",
+        "false",
+        "Fail a config load that finds no domain (the previous rules stay; at start-up, exit 1)",
+    ),
     spec("BACKEND_TYPE", "memory", "Where counters live: memory (embedded) or redis"),
     spec("MEMORY_MAX_COUNTERS", "1000000", "Most live counters in memory; the longest-idle are evicted past it"),
     spec(
@@ -262,6 +267,8 @@ pub struct Settings {
     /// `MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`, `CONFIG_MAX_RULES`.
     pub rules: BuildOptions,
     pub force_start_without_initial_config: bool,
+    /// `CONFIG_REFUSE_EMPTY`: whether a load that finds no domain fails.
+    pub empty_config: EmptyConfig,
     pub backend: Backend,
     pub memory_max_counters: usize,
     pub service: ServiceOptions,
@@ -314,7 +321,11 @@ impl Reader<'_> {
         match parse(&raw) {
             Ok(v) => v,
             Err(reason) => {
-                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                self.errors.push(format!(
+                    "{}={} is not valid: {reason}",
+                    self.source.describe(name),
+                    shown(name, &raw)
+                ));
                 parse(Self::spec(name).default).unwrap_or_else(|e| panic!("default of {name} must parse: {e}"))
             }
         }
@@ -327,7 +338,11 @@ impl Reader<'_> {
         match parse(&raw) {
             Ok(v) => v,
             Err(reason) => {
-                self.errors.push(format!("{}={raw:?} is not valid: {reason}", self.source.describe(name)));
+                self.errors.push(format!(
+                    "{}={} is not valid: {reason}",
+                    self.source.describe(name),
+                    shown(name, &raw)
+                ));
                 fallback
             }
         }
@@ -339,6 +354,22 @@ impl Reader<'_> {
 
     fn boolean(&mut self, name: &str) -> bool {
         self.parse(name, parse_bool)
+    }
+
+    fn empty_config(&mut self) -> EmptyConfig {
+        if self.boolean("CONFIG_REFUSE_EMPTY") { EmptyConfig::Refuse } else { EmptyConfig::Warn }
+    }
+}
+
+/// A value as a settings error quotes it. Passwords (`*_AUTH` and the like) never show,
+/// and addresses (`*_URL`) show with their credentials masked: errors reach logs.
+fn shown(name: &str, raw: &str) -> String {
+    if ["AUTH", "PASS", "PASSWORD", "SECRET", "TOKEN"].iter().any(|word| name.split('_').any(|part| part == *word)) {
+        "\"***\"".to_string()
+    } else if name.ends_with("_URL") {
+        format!("{:?}", crate::store::redis::mask::mask_addresses(raw))
+    } else {
+        format!("{raw:?}")
     }
 }
 
@@ -492,6 +523,16 @@ fn read_build_options(r: &mut Reader<'_>) -> BuildOptions {
     }
 }
 
+/// `CONFIG_REFUSE_EMPTY`, for the commands that load rules without serving.
+pub fn empty_config(source: &dyn Source) -> Result<EmptyConfig, SettingsError> {
+    let mut r = Reader { source, errors: Vec::new() };
+    let empty = r.empty_config();
+    if !r.errors.is_empty() {
+        return Err(SettingsError(r.errors));
+    }
+    Ok(empty)
+}
+
 impl Settings {
     /// Parses every setting from `source`. `config_paths` are the `--config` arguments.
     pub fn parse(source: &dyn Source, config_paths: Vec<PathBuf>) -> Result<Settings, SettingsError> {
@@ -573,6 +614,7 @@ impl Settings {
         };
         let rules = read_build_options(&mut r);
         let force_start_without_initial_config = r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG");
+        let empty_config = r.empty_config();
         let use_redis = r.parse("BACKEND_TYPE", |s| match s.to_ascii_lowercase().as_str() {
             "memory" => Ok(false),
             "redis" => Ok(true),
@@ -698,6 +740,7 @@ impl Settings {
             config_source,
             rules,
             force_start_without_initial_config,
+            empty_config,
             backend,
             memory_max_counters,
             service,
@@ -851,6 +894,48 @@ mod tests {
         assert!(err.0[3].starts_with("REDIS_TIMEOUT=\"0\""), "{err}");
         let err = parse(&[("BACKEND_TYPE", "redis"), ("REDIS_TYPE", "ring")]).unwrap_err();
         assert!(err.0[0].contains("Unrecognized redis type ring"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_quote_a_redis_password() {
+        for url in ["redis://user:s3cret/x@h:6379", "user:s3cret@h:6379", "redis://:s3cret@h:notaport"] {
+            let err = parse(&[
+                ("BACKEND_TYPE", "redis"),
+                ("REDIS_URL", url),
+                ("REDIS_PERSECOND", "true"),
+                ("REDIS_PERSECOND_URL", url),
+            ])
+            .unwrap_err();
+            assert_eq!(err.0.len(), 2, "{err}");
+            assert!(err.0[0].starts_with("REDIS_URL=\""), "{err}");
+            assert!(err.0[1].starts_with("REDIS_PERSECOND_URL=\""), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_credential_setting_is_masked_in_errors() {
+        let secret = |n: &&str| ["AUTH", "PASS", "SECRET", "TOKEN"].iter().any(|w| n.contains(w));
+        let secrets: Vec<&str> = SPECS.iter().map(|s| s.env).filter(secret).collect();
+        // A new credential setting lands here first: check it is masked, then add it.
+        assert_eq!(
+            secrets,
+            ["REDIS_AUTH", "REDIS_SENTINEL_AUTH", "REDIS_PERSECOND_AUTH", "REDIS_PERSECOND_SENTINEL_AUTH"]
+        );
+        for name in secrets {
+            assert_eq!(shown(name, "user:s3cret"), "\"***\"", "{name}");
+        }
+        for name in SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_URL")) {
+            assert!(!shown(name, "redis://u:s3cret@h,u:s3cret@h:1").contains("s3cret"), "{name}");
+        }
+    }
+
+    #[test]
+    fn empty_loads_are_refused_only_when_asked() {
+        assert_eq!(parse(&[]).unwrap().empty_config, EmptyConfig::Warn);
+        assert_eq!(parse(&[("CONFIG_REFUSE_EMPTY", "true")]).unwrap().empty_config, EmptyConfig::Refuse);
+        let err = parse(&[("CONFIG_REFUSE_EMPTY", "always")]).unwrap_err();
+        assert!(err.0[0].starts_with("CONFIG_REFUSE_EMPTY=\"always\" is not valid"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::process::{reference_env, sigterm, sluicegate, spawn, wait_exit};
@@ -103,6 +104,31 @@ fn every_bad_setting_is_named_and_the_exit_code_is_64() {
     assert!(stderr.contains("PORT=\"eighty\" is not valid"), "{stderr}");
     assert!(stderr.contains("--grpc-port=\"70000\" is not valid"), "{stderr}");
     assert!(stderr.contains("SHADOW_MODE=\"maybe\" is not valid"), "{stderr}");
+}
+
+#[test]
+fn a_bad_redis_url_is_named_without_its_password() {
+    for url in ["redis://app:s3cret/x@redis:6379", "app:s3cret@redis:6379"] {
+        let mut child = sluicegate()
+            .env_clear()
+            .env("BACKEND_TYPE", "redis")
+            .env("REDIS_URL", url)
+            .env("REDIS_AUTH", "s3cret")
+            .args(["--config", "config", "--redis-persecond", "true", "--redis-persecond-url", url])
+            .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
+            .args(["--debug-host", "127.0.0.1", "--debug-port", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a URL taken for valid would start a server.
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains("REDIS_URL=\"") && stderr.contains("--redis-persecond-url=\""), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
 }
 
 #[test]

@@ -4,9 +4,11 @@
 //! reading them with their limits (size, UTF-8, nesting), and turning them into one
 //! [`ConfigSnapshot`]: an immutable rule set plus what operators need to see about it.
 //! A load either succeeds as a whole or fails with every error of every file; it never
-//! half-applies. YAML parsing stays inside `yaml.rs` and `schema.rs`.
+//! half-applies. Finding and opening the files (regular files only, never blocking on
+//! a FIFO) is `files.rs`; YAML parsing stays inside `yaml.rs` and `schema.rs`.
 
 pub mod diag;
+mod files;
 pub mod limit_string;
 pub mod reload;
 pub mod schema;
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use diag::{Diagnostic, Diagnostics};
+pub use files::discover;
+use files::{open_regular, path_name};
 use yaml::Pos;
 
 use crate::rules::{self, BuildOptions, LimitRegistry, RuleSet};
@@ -25,17 +29,38 @@ use crate::rules::{self, BuildOptions, LimitRegistry, RuleSet};
 /// and time a mistaken or hostile file can cost.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Deepest directory nesting followed when looking for files (guards symlink loops).
-const MAX_DIR_DEPTH: usize = 32;
-
 /// Where rule files come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
-    /// `--config PATH...`: files, or directories searched recursively for `*.yaml` and
-    /// `*.yml`, skipping dot-files and dot-directories.
+    /// `--config PATH...`: regular files, or directories searched recursively for
+    /// `*.yaml` and `*.yml`, skipping dot-files and dot-directories.
     Paths(Vec<PathBuf>),
     /// The reference's layout: every file under `root/subdirectory/appdirectory`.
     Runtime(RuntimeLayout),
+}
+
+impl ConfigSource {
+    /// How diagnostics about the whole source name it.
+    fn name(&self) -> Arc<str> {
+        match self {
+            ConfigSource::Paths(paths) => {
+                Arc::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","))
+            }
+            ConfigSource::Runtime(layout) => path_name(&layout.config_dir()),
+        }
+    }
+}
+
+/// What a load that finds no domain at all is (`CONFIG_REFUSE_EMPTY`). Such a load lets
+/// every request through unlimited, and it is what an emptied directory gives between a
+/// non-atomic `rm` and `cp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmptyConfig {
+    /// A good load with a warning, as the reference takes it (without the warning).
+    #[default]
+    Warn,
+    /// A failed load: the previous rules, if any, stay; at start-up, the start fails.
+    Refuse,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,102 +99,6 @@ pub struct LoadedFile {
     pub domains: Vec<String>,
 }
 
-/// Every rule file of a source, in sorted order, without duplicates.
-pub fn discover(source: &ConfigSource) -> Result<Vec<PathBuf>, Diagnostics> {
-    let mut files = Vec::new();
-    let mut diags = Diagnostics::default();
-    match source {
-        ConfigSource::Paths(paths) => {
-            for path in paths {
-                match std::fs::metadata(path) {
-                    Ok(meta) if meta.is_dir() => {
-                        walk(path, 0, true, true, &mut Visited::default(), &mut files, &mut diags)
-                    }
-                    Ok(_) => files.push(path.clone()),
-                    Err(e) => diags.push(io_error(path, "cannot read config path", &e)),
-                }
-            }
-        }
-        ConfigSource::Runtime(layout) => {
-            let dir = layout.config_dir();
-            match std::fs::metadata(&dir) {
-                Ok(meta) if meta.is_dir() => {
-                    walk(&dir, 0, false, layout.ignore_dotfiles, &mut Visited::default(), &mut files, &mut diags)
-                }
-                Ok(_) => diags.push(Diagnostic::error(&path_name(&dir), Pos::START, "is not a directory")),
-                // The reference starts with no rules when the directory does not exist yet;
-                // so do we (hot reload picks the files up when they appear).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => diags.push(io_error(&dir, "cannot read config directory", &e)),
-            }
-        }
-    }
-    if diags.has_errors() {
-        return Err(diags);
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// Directories already walked, by device and inode, so symlink loops end at once.
-type Visited = std::collections::HashSet<(u64, u64)>;
-
-fn walk(
-    dir: &Path,
-    depth: usize,
-    yaml_only: bool,
-    skip_dotfiles: bool,
-    visited: &mut Visited,
-    out: &mut Vec<PathBuf>,
-    diags: &mut Diagnostics,
-) {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(meta) = std::fs::metadata(dir)
-        && !visited.insert((meta.dev(), meta.ino()))
-    {
-        return; // reached again through a symlink
-    }
-    if depth > MAX_DIR_DEPTH {
-        diags.push(Diagnostic::error(
-            &path_name(dir),
-            Pos::START,
-            format!("directories nest deeper than {MAX_DIR_DEPTH} levels (a symlink loop?)"),
-        ));
-        return;
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return diags.push(io_error(dir, "cannot read config directory", &e)),
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // A ConfigMap mount keeps its real files under `..data` and `..<timestamp>`;
-        // loading them would duplicate every domain (reference issue #367).
-        if name.starts_with("..") || (skip_dotfiles && name.starts_with('.')) {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(&path, depth + 1, yaml_only, skip_dotfiles, visited, out, diags),
-            Ok(_) if !yaml_only || name.ends_with(".yaml") || name.ends_with(".yml") => out.push(path),
-            Ok(_) => {}
-            // A dangling symlink mid-swap: the next reload sees the finished state.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => diags.push(io_error(&path, "cannot read", &e)),
-        }
-    }
-}
-
-fn path_name(path: &Path) -> Arc<str> {
-    Arc::from(path.display().to_string())
-}
-
-fn io_error(path: &Path, what: &str, e: &std::io::Error) -> Diagnostic {
-    Diagnostic::error(&path_name(path), Pos::START, format!("{what}: {e}"))
-}
-
 /// Reads and checks one file's text into its domain documents.
 pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<schema::DomainDoc> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -197,14 +126,22 @@ pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<
     }
 }
 
-fn read_file(path: &Path, diags: &mut Diagnostics) -> (Arc<str>, Vec<schema::DomainDoc>) {
+/// Reads one rule file into its domain documents; `None` if it was skipped.
+fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<(Arc<str>, Vec<schema::DomainDoc>)> {
     use std::io::Read;
     let name = path_name(path);
     let mut bytes = Vec::new();
-    let result = std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
-    if let Err(e) = result {
-        diags.push(Diagnostic::error(&name, Pos::START, format!("cannot read file: {e}")));
-        return (name, Vec::new());
+    let result = open_regular(path, diags).and_then(|file| match file {
+        Some(f) => f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map(Some),
+        None => Ok(None),
+    });
+    match result {
+        Ok(Some(_)) => {}
+        Ok(None) => return None,
+        Err(e) => {
+            diags.push(Diagnostic::error(&name, Pos::START, format!("cannot read file: {e}")));
+            return Some((name, Vec::new()));
+        }
     }
     if bytes.len() as u64 > MAX_FILE_BYTES {
         diags.push(Diagnostic::error(
@@ -212,26 +149,67 @@ fn read_file(path: &Path, diags: &mut Diagnostics) -> (Arc<str>, Vec<schema::Dom
             Pos::START,
             format!("the file is larger than {MAX_FILE_BYTES} bytes, the most a rule file may hold"),
         ));
-        return (name, Vec::new());
+        return Some((name, Vec::new()));
     }
     let docs = read_text(&name, &bytes, diags);
-    (name, docs)
+    Some((name, docs))
 }
 
 /// Loads every file of `source` into a snapshot, or fails with every error found.
-/// Warnings of a successful load are in the snapshot.
+/// Warnings of a successful load are in the snapshot; a load with no domain warns.
 pub fn load(
     source: &ConfigSource,
     options: &BuildOptions,
     registry: &LimitRegistry,
     version: u64,
 ) -> Result<ConfigSnapshot, Diagnostics> {
-    let paths = discover(source)?;
-    let mut diags = Diagnostics::default();
+    load_with(source, options, registry, version, EmptyConfig::Warn)
+}
+
+/// As [`load`], with a load that finds no domain warned about or refused.
+pub fn load_with(
+    source: &ConfigSource,
+    options: &BuildOptions,
+    registry: &LimitRegistry,
+    version: u64,
+    empty: EmptyConfig,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    let mut snapshot = read_source(source, options, registry, version)?;
+    if snapshot.rules.domains().is_empty() {
+        let name = source.name();
+        match empty {
+            EmptyConfig::Warn => snapshot.warnings.push(Diagnostic::warning(
+                &name,
+                Pos::START,
+                "no rule file defines a domain: every request is answered OK, with no limit \
+                 (CONFIG_REFUSE_EMPTY=true refuses such a load)",
+            )),
+            EmptyConfig::Refuse => {
+                let mut diags = snapshot.warnings;
+                diags.push(Diagnostic::error(
+                    &name,
+                    Pos::START,
+                    "no rule file defines a domain, and CONFIG_REFUSE_EMPTY=true refuses a load \
+                     that would leave every request unlimited",
+                ));
+                return Err(diags);
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+fn read_source(
+    source: &ConfigSource,
+    options: &BuildOptions,
+    registry: &LimitRegistry,
+    version: u64,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    let (paths, mut diags) = discover(source)?;
     let mut docs = Vec::new();
     let mut files = Vec::new();
     for path in &paths {
-        let (name, file_docs) = read_file(path, &mut diags);
+        let Some((name, file_docs)) = read_file(path, &mut diags) else { continue };
         files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
         docs.extend(file_docs);
     }

@@ -4,7 +4,9 @@
 //! afresh off the request path and swaps the result in whole ([`SharedConfig`] is an
 //! `ArcSwap`), so a request sees the old rules or the new ones, never a mix. A load with
 //! any error keeps the previous rules, logs every error with its position, and is
-//! remembered for `/debug/config`.
+//! remembered for `/debug/config`. So does a load that finds no domain when
+//! [`EmptyConfig::Refuse`] (`CONFIG_REFUSE_EMPTY`) says so; otherwise such a load is
+//! good but logged as a warning.
 //!
 //! [`watch`] follows the files with `notify` (inotify): every `--config` path (a file's
 //! directory, so an editor's or Kubernetes' atomic rename is seen), or the reference
@@ -23,7 +25,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch as signal};
 
 use super::diag::Diagnostics;
-use super::{ConfigSnapshot, ConfigSource};
+use super::{ConfigSnapshot, ConfigSource, EmptyConfig};
 use crate::health::Health;
 use crate::rules::{BuildOptions, LimitRegistry};
 
@@ -41,18 +43,25 @@ pub struct ConfigLoader {
     pub source: ConfigSource,
     pub options: BuildOptions,
     pub registry: Arc<LimitRegistry>,
+    /// Whether a load that finds no domain is good (with a warning) or failed.
+    pub empty: EmptyConfig,
     versions: AtomicU64,
 }
 
 impl ConfigLoader {
     pub fn new(source: ConfigSource, options: BuildOptions, registry: Arc<LimitRegistry>) -> Self {
-        ConfigLoader { source, options, registry, versions: AtomicU64::new(0) }
+        ConfigLoader { source, options, registry, empty: EmptyConfig::Warn, versions: AtomicU64::new(0) }
+    }
+
+    /// The same loader, with loads that find no domain taken as `empty` says.
+    pub fn on_empty(self, empty: EmptyConfig) -> Self {
+        ConfigLoader { empty, ..self }
     }
 
     /// Loads every file afresh; the version counts successful loads.
     pub fn load(&self) -> Result<ConfigSnapshot, Diagnostics> {
         let next = self.versions.load(Ordering::Acquire) + 1;
-        let snapshot = super::load(&self.source, &self.options, &self.registry, next)?;
+        let snapshot = super::load_with(&self.source, &self.options, &self.registry, next, self.empty)?;
         self.versions.store(next, Ordering::Release);
         Ok(snapshot)
     }
@@ -296,4 +305,68 @@ pub async fn watch(reloader: Arc<Reloader>, mut watching: Watching, mut stop: si
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn wall_clock_now() -> SystemTime {
     SystemTime::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluicegate-reload-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn reloader(dir: &Path, empty: EmptyConfig) -> Reloader {
+        let source = ConfigSource::Paths(vec![dir.to_path_buf()]);
+        Reloader {
+            loader: ConfigLoader::new(source, BuildOptions::default(), Arc::default()).on_empty(empty),
+            config: SharedConfig::default(),
+            health: Arc::new(Health::new(false)),
+            status: ReloadStatus::default(),
+            observer: None,
+        }
+    }
+
+    #[test]
+    fn an_emptied_directory_is_a_good_load_with_a_warning_by_default() {
+        let dir = temp_dir("empty-warn");
+        std::fs::write(dir.join("a.yaml"), "domain: a\n").unwrap();
+        let reloader = reloader(&dir, EmptyConfig::Warn);
+        reloader.reload().unwrap();
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        reloader.reload().unwrap();
+        let snapshot = reloader.config.load_full().unwrap();
+        assert_eq!((snapshot.version, snapshot.rules.domains().len()), (2, 0));
+        let warning = snapshot.warnings.to_string();
+        assert!(warning.contains(":1:1: warning: no rule file defines a domain"), "{warning}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refusing_empty_loads_keeps_the_previous_rules_and_says_why() {
+        let dir = temp_dir("empty-refuse");
+        let reloader = reloader(&dir, EmptyConfig::Refuse);
+        let errors = reloader.reload().unwrap_err().to_string();
+        assert!(errors.contains("CONFIG_REFUSE_EMPTY=true refuses a load"), "{errors}");
+        assert!(reloader.config.load().is_none(), "an empty first load is a failed start");
+
+        std::fs::write(dir.join("a.yaml"), "domain: a\n").unwrap();
+        reloader.reload().unwrap();
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        assert!(reloader.reload().is_err());
+        let snapshot = reloader.config.load_full().unwrap();
+        assert_eq!((snapshot.version, snapshot.rules.domains().len()), (1, 1), "the previous rules stay");
+        assert_eq!(reloader.status.failed.load(Ordering::Relaxed), 2);
+        let failure = reloader.status.last_failure().unwrap();
+        assert!(failure.errors[0].ends_with("refuses a load that would leave every request unlimited"), "{failure:?}");
+
+        std::fs::write(dir.join("b.yaml"), "domain: b\n").unwrap();
+        reloader.reload().unwrap();
+        let snapshot = reloader.config.load_full().unwrap();
+        assert_eq!((snapshot.version, &*snapshot.rules.domains()[0].name), (2, "b"));
+        assert!(reloader.status.last_failure().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

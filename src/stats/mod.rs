@@ -370,6 +370,12 @@ impl Stats {
 impl crate::config::reload::LoadObserver for Stats {
     fn loaded(&self, snapshot: &crate::config::ConfigSnapshot) {
         self.config_loaded(snapshot.version, snapshot.loaded_at);
+        // An empty load lets every request through: worth an alert, even between scrapes.
+        let domains = snapshot.rules.domains().len();
+        self.gauge("sluicegate_config_domains", &[], "Domains in the loaded rules (0: no request is limited)")
+            .set(domains as f64);
+        self.counter("sluicegate_config_empty_loads_total", &[], "Loads that succeeded with no domain")
+            .increment(u64::from(domains == 0));
     }
 
     fn failed(&self, _errors: &crate::config::diag::Diagnostics) {

@@ -199,7 +199,12 @@ pub mod process {
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while grpc.is_none() || http.is_none() || debug.is_none() {
-            let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("listening lines");
+            let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                // A server stuck at start-up may ignore SIGTERM: kill it, or it outlives the test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no listening lines within 20s; it printed {seen:?}");
+            };
             seen.push(line.clone());
             grpc = grpc.or(address_in(&line, "Listening for gRPC on '"));
             http = http.or(address_in(&line, "Listening for HTTP on '"));

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod link;
 pub mod local_cache;
 pub mod maintain;
+pub mod mask;
 pub mod options;
 pub mod script;
 

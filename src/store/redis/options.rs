@@ -4,15 +4,18 @@
 //! lists for Cluster, `master,sentinel1,...` for Sentinel, and `redis://`/`rediss://`
 //! URLs) into [`RedisTarget`], and turning a target into the redis crate's connection
 //! infos. Credentials never leave this module in text: `Debug` and [`RedisTarget::describe`]
-//! mask them, so settings, logs and `/debug/config` can show a target safely.
+//! mask them (with `mask.rs`), so settings, logs and `/debug/config` can show a target
+//! safely.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use super::mask::{mask_address, mask_url, split_addresses};
+
 /// How the Redis deployment is laid out (`REDIS_TYPE`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Topology {
     Single,
     /// Sentinels that know the master named `master`.
@@ -20,6 +23,17 @@ pub enum Topology {
         master: String,
     },
     Cluster,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Single => f.write_str("Single"),
+            // The name comes first in REDIS_URL, so misplaced credentials land in it too.
+            Topology::Sentinel { master } => f.debug_struct("Sentinel").field("master", &mask_address(master)).finish(),
+            Topology::Cluster => f.write_str("Cluster"),
+        }
+    }
 }
 
 /// One address from `REDIS_URL`.
@@ -114,6 +128,10 @@ impl RedisTarget {
             "unix" => true,
             other => return Err(format!("REDIS_SOCKET_TYPE {other:?} is not tcp or unix")),
         };
+        if split_addresses(url).len() != url.split(',').count() {
+            // Quoting the pieces would show the password's pieces.
+            return Err("a URL's credentials hold a comma, which separates addresses here: write it as %2C".into());
+        }
         let parts: Vec<&str> = url.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
         if parts.is_empty() {
             return Err("expected an address (host:port, a socket path or a redis:// URL)".into());
@@ -144,7 +162,7 @@ impl RedisTarget {
         let nodes: Vec<String> = self.nodes.iter().map(NodeAddr::describe).collect();
         let topology = match &self.topology {
             Topology::Single => "single".to_string(),
-            Topology::Sentinel { master } => format!("sentinel master {master:?} via"),
+            Topology::Sentinel { master } => format!("sentinel master {:?} via", mask_address(master)),
             Topology::Cluster => "cluster".to_string(),
         };
         let tls = if self.tls.is_some() { ", tls" } else { "" };
@@ -204,6 +222,14 @@ fn parse_node(part: &str, unix: bool) -> Result<NodeAddr, String> {
     if unix {
         return Ok(NodeAddr::Unix(PathBuf::from(part)));
     }
+    // Not an address the reference reads either; refused rather than taken for a host
+    // name, which every log line would then show with its password.
+    if part.contains('@') {
+        return Err(format!(
+            "{} holds credentials but no scheme: write redis://user:password@host:port, or set the password in REDIS_AUTH",
+            mask_address(part)
+        ));
+    }
     let (host, port) = part.rsplit_once(':').ok_or_else(|| format!("{part:?} is not host:port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port: u16 = port.parse().map_err(|_| format!("{part:?} is not host:port"))?;
@@ -211,20 +237,6 @@ fn parse_node(part: &str, unix: bool) -> Result<NodeAddr, String> {
         return Err(format!("{part:?} has no host"));
     }
     Ok(NodeAddr::Tcp { host: host.to_string(), port })
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
-    let userinfo = &rest[..at];
-    let masked = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    format!("{}{masked}{}", &url[..scheme_end + 3], &rest[at..])
 }
 
 #[cfg(test)]
@@ -263,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn an_address_with_credentials_but_no_scheme_is_refused_masked() {
+        let e = RedisTarget::parse_addresses("single", "tcp", "user:pw@host:6379").unwrap_err();
+        assert!(!e.contains("pw"), "{e}");
+        assert!(e.contains("***@host:6379") && e.contains("redis://"), "{e}");
+        let e = RedisTarget::parse_addresses("cluster", "tcp", "a:1,:p/w@b:2").unwrap_err();
+        assert!(!e.contains("p/w"), "{e}");
+        let e = RedisTarget::parse_addresses("cluster", "tcp", "redis://u:p,w@h:1,redis://k:2").unwrap_err();
+        assert!(e.contains("%2C") && !e.contains("p,") && !e.contains(":p"), "{e}");
+        let e = RedisTarget::parse_addresses("single", "tcp", "redis://u:p/w@h").unwrap_err();
+        assert!(e.starts_with("redis://u:***@h is not a Redis URL"), "{e}");
+        let (_, n) = RedisTarget::parse_addresses("single", "unix", "/run/redis@1.sock").unwrap();
+        assert_eq!(n, vec![NodeAddr::Unix("/run/redis@1.sock".into())], "a socket path may hold an @");
+    }
+
+    #[test]
     fn secrets_never_print() {
         assert_eq!(mask_url("redis://user:s3cret@host:6379/0"), "redis://user:***@host:6379/0");
         assert_eq!(mask_url("rediss://:s3cret@host"), "rediss://:***@host");
@@ -281,5 +308,9 @@ mod tests {
         };
         assert!(!format!("{target:?}").contains("s3cret"));
         assert!(!target.describe().contains("s3cret"));
+        let (topology, nodes) = RedisTarget::parse_addresses("sentinel", "tcp", "u:s3cret@m,s:26379").unwrap();
+        let sentinel = RedisTarget { topology, nodes, ..target };
+        assert_eq!(sentinel.describe(), "sentinel master \"***@m\" via s:26379");
+        assert!(!format!("{sentinel:?}").contains("s3cret"));
     }
 }
