@@ -8,13 +8,16 @@
 //!
 //! Names are the reference's (`ratelimit.service.rate_limit.<domain>.<key>.total_hits`,
 //! `ratelimit_server.ShouldRateLimit.response_time`, ...), sanitized as it does: `:` and
-//! `|` become `_`, and the dots of an IPv4 address inside a key become `_`.
+//! `|` become `_`, and the dots of an IPv4 address inside a key become `_`; and `@` and
+//! control characters become `_` too, so no request can write a line of its own. Their
+//! request-named parts are already bounded in length (see `stats::label`).
 
 mod names;
 
 use names::dotted;
 pub use names::sanitize;
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,9 +82,19 @@ impl HistogramFn for Cell {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Counter,
-    Gauge,
-    Timer,
+    Counter = 0,
+    Gauge = 1,
+    Timer = 2,
+}
+
+/// Every series registered, findable by name: registrations come once per new series,
+/// but there can be tens of thousands of those.
+#[derive(Debug, Default)]
+struct Series {
+    /// In registration order, which is the order they are flushed in.
+    cells: Vec<(Arc<str>, Kind, Arc<Cell>)>,
+    /// Where each name is in `cells`, one map per kind.
+    index: [HashMap<Arc<str>, usize>; 3],
 }
 
 /// The series and the connection.
@@ -89,14 +102,14 @@ enum Kind {
 pub struct StatsdSink {
     options: StatsdOptions,
     suffix: String,
-    series: Mutex<Vec<(String, Kind, Arc<Cell>)>>,
+    series: Mutex<Series>,
     connection: Mutex<Option<std::net::TcpStream>>,
 }
 
 impl StatsdSink {
     pub fn new(options: StatsdOptions, extra_tags: &[(String, String)]) -> Self {
         let suffix = extra_tags.iter().map(|(k, v)| format!(".__{k}={v}")).collect();
-        StatsdSink { options, suffix, series: Mutex::new(Vec::new()), connection: Mutex::new(None) }
+        StatsdSink { options, suffix, series: Mutex::new(Series::default()), connection: Mutex::new(None) }
     }
 
     pub fn flush_interval(&self) -> Duration {
@@ -107,11 +120,14 @@ impl StatsdSink {
         let name = dotted(key)?;
         let name = format!("{}{}", sanitize(&name), self.suffix);
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, cell)) = series.iter().find(|(n, k, _)| *n == name && *k == kind) {
+        let Series { cells, index } = &mut *series;
+        if let Some((_, _, cell)) = index[kind as usize].get(name.as_str()).and_then(|&i| cells.get(i)) {
             return Some(cell.clone());
         }
+        let name: Arc<str> = name.into();
         let cell = Arc::new(Cell::default());
-        series.push((name, kind, cell.clone()));
+        index[kind as usize].insert(name.clone(), cells.len());
+        cells.push((name, kind, cell.clone()));
         Some(cell)
     }
 
@@ -119,7 +135,7 @@ impl StatsdSink {
     pub fn lines(&self) -> Vec<String> {
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        for (name, kind, cell) in series.iter() {
+        for (name, kind, cell) in &series.cells {
             match kind {
                 Kind::Counter => {
                     let now = cell.value.load(Ordering::Relaxed);
@@ -317,5 +333,32 @@ mod tests {
         );
         c.increment(1);
         assert_eq!(sink.lines(), vec!["ratelimit.service.rate_limit.d.k_v.total_hits.__env=prod:1|c"]);
+    }
+
+    #[test]
+    fn a_name_registered_again_shares_its_cell_and_kinds_stay_apart() {
+        let options = StatsdOptions {
+            host: "127.0.0.1".into(),
+            port: 9,
+            protocol: Protocol::Udp,
+            flush_interval: Duration::from_secs(1),
+        };
+        let recorder = StatsdRecorder(Arc::new(StatsdSink::new(options, &[])));
+        let metadata = Metadata::new("t", metrics::Level::INFO, None);
+        let key = |i: usize| {
+            Key::from_parts(
+                "ratelimit_service_rate_limit_total_hits",
+                vec![metrics::Label::new("domain", "d"), metrics::Label::new("key1", format!("user_{i}"))],
+            )
+        };
+        for i in 0..1000 {
+            recorder.register_counter(&key(i), &metadata).increment(1);
+        }
+        recorder.register_counter(&key(7), &metadata).increment(1);
+        recorder.register_gauge(&key(7), &metadata).set(5.0);
+        let lines = recorder.0.lines();
+        assert_eq!(lines.len(), 1001);
+        assert_eq!(lines[7], "ratelimit.service.rate_limit.d.user_7.total_hits:2|c");
+        assert_eq!(lines[1000], "ratelimit.service.rate_limit.d.user_7.total_hits:5|g");
     }
 }

@@ -41,7 +41,10 @@ pub(super) fn dotted(key: &Key) -> Option<String> {
                 let camel: String = stat
                     .split('_')
                     .enumerate()
-                    .map(|(i, w)| if i == 0 { w.to_string() } else { w[..1].to_ascii_uppercase() + &w[1..] })
+                    .map(|(i, w)| {
+                        let (first, rest) = w.split_at(if i == 0 { 0 } else { w.len().min(1) });
+                        first.to_ascii_uppercase() + rest
+                    })
                     .collect();
                 format!("ratelimit.localcache.{camel}")
             } else {
@@ -51,9 +54,12 @@ pub(super) fn dotted(key: &Key) -> Option<String> {
     })
 }
 
-/// The reference's statsd sanitizing: `:` and `|` to `_`, and the dots of IPv4 addresses.
+/// The reference's statsd sanitizing (`:` and `|` to `_`, and the dots of IPv4
+/// addresses), and more: `@` (it starts a sample rate) and control characters (a line feed
+/// would end the line and start one the request wrote) also become `_`.
 pub fn sanitize(name: &str) -> String {
-    let mut out: Vec<u8> = name.bytes().map(|b| if b == b':' || b == b'|' { b'_' } else { b }).collect();
+    let reserved = |b: u8| matches!(b, b':' | b'|' | b'@') || b.is_ascii_control();
+    let mut out: Vec<u8> = name.bytes().map(|b| if reserved(b) { b'_' } else { b }).collect();
     let is_octet = |s: &[u8]| (1..=3).contains(&s.len()) && s.iter().all(u8::is_ascii_digit);
     let mut i = 0;
     while i < out.len() {
@@ -93,5 +99,18 @@ mod tests {
         assert_eq!(sanitize("a.path_/foo|bar|baz.x"), "a.path_/foo_bar_baz.x");
         assert_eq!(sanitize("d.remote_address_10.0.0.1.total_hits"), "d.remote_address_10_0_0_1.total_hits");
         assert_eq!(sanitize("d.v1.2.3.total_hits"), "d.v1.2.3.total_hits");
+    }
+
+    #[test]
+    fn nothing_a_request_sends_can_break_the_line_format() {
+        assert_eq!(sanitize("d.k_a@0.5\nevil.total_hits:9|c\r\0\t"), "d.k_a_0.5_evil.total_hits_9_c___");
+        assert_eq!(sanitize("d.k_é…#ab"), "d.k_é…#ab", "text outside ASCII stays");
+    }
+
+    #[test]
+    fn local_cache_names_are_camel_case() {
+        let key = Key::from_name("ratelimit_localcache_entry_count");
+        assert_eq!(dotted(&key).as_deref(), Some("ratelimit.localcache.entryCount"));
+        assert_eq!(dotted(&Key::from_name("ratelimit_localcache_a__b")).as_deref(), Some("ratelimit.localcache.aB"));
     }
 }
