@@ -22,9 +22,12 @@
 //! ([`label`]), and are capped together in number and in label bytes ([`value_series`]);
 //! past the caps they are counted under a `__folded__` key (unknown domains under a
 //! `__folded__` domain). Series named by the rules are the operator's and are not capped.
+//! A scrape renders on the blocking pool, never on the runtime that serves health checks
+//! ([`exposition`]).
 //!
 //! This module decides nothing; it only counts what `service` tells it.
 
+mod exposition;
 mod label;
 mod rule_stats;
 pub mod statsd;
@@ -97,6 +100,7 @@ pub struct Stats {
     /// Unknown domains past `value_budget`, all together.
     domain_not_found_folded: OnceLock<Counter>,
     value_budget: Budget,
+    scrapes: exposition::Scrapes,
     /// Flushes statsd, if enabled (kept so the task lives as long as the stats).
     pub statsd: Option<Arc<statsd::StatsdSink>>,
 }
@@ -158,6 +162,7 @@ impl Stats {
             values: SeriesMap::default(),
             domains_not_found: SeriesMap::default(),
             domain_not_found_folded: OnceLock::new(),
+            scrapes: exposition::Scrapes::default(),
             statsd,
         };
         for (name, help) in [
@@ -219,7 +224,8 @@ impl Stats {
         !self.options.disabled
     }
 
-    /// The Prometheus text exposition of every series.
+    /// The Prometheus text exposition of every series, rendered on this thread (a server
+    /// uses [`Stats::scrape`]).
     pub fn render(&self) -> String {
         self.prometheus.render()
     }
