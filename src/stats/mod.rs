@@ -281,9 +281,9 @@ impl Stats {
     /// one (overrides and value-named rules only exist for configured domains).
     pub fn for_values(&self, parts: Vec<String>) -> Arc<RuleStats> {
         let max = self.options.value_series.max_label_bytes;
-        let domain = parts.first().map_or("", String::as_str);
+        let domain = ShownLabel::one(parts.first().map_or("", String::as_str), max);
         let mut labels: SmallVec<[ShownLabel<'_>; 3]> = SmallVec::new();
-        labels.push(ShownLabel::one(domain, max));
+        labels.push(domain);
         labels.push(ShownLabel::one(parts.get(1).map_or("", String::as_str), max));
         if let Some(rest) = parts.get(2..).filter(|rest| !rest.is_empty()) {
             labels.push(ShownLabel::new(Text::Joined(rest), max));
@@ -295,7 +295,7 @@ impl Stats {
         if let Some(series) = self.values.get_or_admit(&labels, &self.value_budget, register) {
             return series;
         }
-        self.values.get_or_insert(&[labels[0], ShownLabel::one(FOLDED, max)], register)
+        self.values.get_or_insert(&[domain, ShownLabel::one(FOLDED, max)], register)
     }
 
     /// Counts descriptors of a request for a domain that has no rules. The domain is the
