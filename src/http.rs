@@ -63,8 +63,13 @@ pub fn debug_router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let body = state.stats.render();
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    // Rendered off this runtime, which also answers /healthcheck and /json.
+    match state.stats.scrape().await {
+        Some(body) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+        }
+        None => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render the metrics\n".to_string()),
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, for `/debug/config`.

@@ -17,8 +17,8 @@ use crate::config::{ConfigSource, EmptyConfig, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::rules::BuildOptions;
 use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
-use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
+use crate::stats::{MIN_LABEL_BYTES, StatsOptions, ValueSeriesLimits};
 use crate::store::FailurePolicy;
 use crate::store::memory::DEFAULT_MAX_COUNTERS;
 use crate::store::redis::{Credentials, RedisOptions, RedisTarget, RedisTls, Topology};
@@ -144,6 +144,21 @@ pub const SPECS: &[Spec] = &[
     spec("STATS_FLUSH_INTERVAL", "10s", "How often stats go to statsd"),
     spec("DISABLE_STATS", "false", "Record no stats (the /metrics series stay at zero)"),
     spec("EXTRA_TAGS", "", "Labels on every series, as k1:v1,k2:v2"),
+    spec(
+        "STATS_MAX_VALUE_SERIES",
+        "10000",
+        "Most series named by request values (detailed_metric, value_to_metric, overrides, unknown domains); more count under __folded__",
+    ),
+    spec(
+        "STATS_MAX_VALUE_SERIES_BYTES",
+        "1048576",
+        "Most bytes of label values over all series named by request values; more count under __folded__",
+    ),
+    spec(
+        "STATS_MAX_VALUE_LABEL_BYTES",
+        "128",
+        "Longest label value taken from a request; a longer one shows a prefix and a hash of the whole (at least 32)",
+    ),
 ];
 
 /// Reference settings accepted for compatibility that change nothing here; setting one
@@ -711,6 +726,14 @@ impl Settings {
                 })
                 .collect()
         });
+        let value_series = ValueSeriesLimits {
+            max_series: r.parse("STATS_MAX_VALUE_SERIES", parse_count),
+            max_bytes: r.parse("STATS_MAX_VALUE_SERIES_BYTES", parse_count),
+            max_label_bytes: r.parse("STATS_MAX_VALUE_LABEL_BYTES", |s| match s.parse::<usize>() {
+                Ok(n) if n >= MIN_LABEL_BYTES => Ok(n),
+                _ => Err(format!("expected a whole number of at least {MIN_LABEL_BYTES}")),
+            }),
+        };
         let stats = StatsOptions {
             disabled: r.boolean("DISABLE_STATS"),
             near_limit_ratio,
@@ -721,6 +744,7 @@ impl Settings {
                 protocol: statsd_protocol,
                 flush_interval,
             }),
+            value_series,
         };
 
         for (name, why) in IGNORED {
@@ -986,5 +1010,31 @@ mod tests {
             parse(&[("LIMIT_RESPONSE_HEADERS_ENABLED", "true"), ("LIMIT_LIMIT_HEADER", "A-Ratelimit-Limit")]).unwrap();
         let names = s.service.response_headers.unwrap();
         assert_eq!((names.limit.as_str(), names.remaining.as_str()), ("A-Ratelimit-Limit", "RateLimit-Remaining"));
+    }
+
+    #[test]
+    fn value_series_caps_default_safely_and_reject_nonsense() {
+        assert_eq!(parse(&[]).unwrap().stats.value_series, ValueSeriesLimits::default());
+        let s = parse(&[
+            ("STATS_MAX_VALUE_SERIES", "50"),
+            ("STATS_MAX_VALUE_SERIES_BYTES", "65536"),
+            ("STATS_MAX_VALUE_LABEL_BYTES", "32"),
+        ])
+        .unwrap();
+        assert_eq!(s.stats.value_series, ValueSeriesLimits { max_series: 50, max_bytes: 65536, max_label_bytes: 32 });
+        let err = parse(&[
+            ("STATS_MAX_VALUE_SERIES", "0"),
+            ("STATS_MAX_VALUE_SERIES_BYTES", "1MiB"),
+            ("STATS_MAX_VALUE_LABEL_BYTES", "31"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "STATS_MAX_VALUE_SERIES=\"0\" is not valid: expected a whole number of at least 1",
+                "STATS_MAX_VALUE_SERIES_BYTES=\"1MiB\" is not valid: expected a whole number of at least 1",
+                "STATS_MAX_VALUE_LABEL_BYTES=\"31\" is not valid: expected a whole number of at least 32",
+            ]
+        );
     }
 }

@@ -16,30 +16,42 @@
 //! the loaded config's version and load time).
 //!
 //! Recording is cheap: a rule's series are resolved once (the handles hang off the rule)
-//! and a hit is a few relaxed atomic adds. Cardinality is bounded: series keyed by request
-//! values (`detailed_metric`, `value_to_metric`, request overrides, unknown domains) are
-//! capped at [`MAX_VALUE_SERIES`]; past the cap they are counted under a `__folded__` key.
+//! and a hit is a few relaxed atomic adds. Memory and scrape size are bounded: series
+//! named by request values (`detailed_metric`, `value_to_metric`, request overrides,
+//! unknown domains) show each label value in at most `STATS_MAX_VALUE_LABEL_BYTES` bytes
+//! ([`label`]), and are capped together in number and in label bytes ([`value_series`]);
+//! past the caps they are counted under a `__folded__` key (unknown domains under a
+//! `__folded__` domain). Series named by the rules are the operator's and are not capped.
+//! A scrape renders on the blocking pool, never on the runtime that serves health checks
+//! ([`exposition`]).
 //!
 //! This module decides nothing; it only counts what `service` tells it.
 
 pub mod backend;
+mod exposition;
+mod label;
+mod rule_stats;
 pub mod statsd;
+mod value_series;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use smallvec::SmallVec;
 
-use crate::limiter::Outcome;
 use crate::rules::Rule;
+pub use label::MIN_LABEL_BYTES;
+use label::{ShownLabel, Text};
+pub use rule_stats::RuleStats;
+use value_series::{Budget, SeriesMap};
+pub use value_series::{
+    DEFAULT_MAX_VALUE_LABEL_BYTES, DEFAULT_MAX_VALUE_SERIES, DEFAULT_MAX_VALUE_SERIES_BYTES, Used, ValueSeriesLimits,
+};
 
-/// The most series keyed by request values (all of them together).
-pub const MAX_VALUE_SERIES: usize = 10_000;
-
-/// What replaces the key of a series past the cap.
+/// What replaces the key of a series past the caps.
 pub const FOLDED: &str = "__folded__";
 
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -59,59 +71,8 @@ pub struct StatsOptions {
     pub extra_tags: Vec<(String, String)>,
     /// Also send to statsd.
     pub statsd: Option<statsd::StatsdOptions>,
-}
-
-/// One rule's (or one stats key's) five counters.
-#[derive(Debug)]
-pub struct RuleStats {
-    total_hits: Counter,
-    over_limit: Counter,
-    near_limit: Counter,
-    within_limit: Counter,
-    shadow_mode: Counter,
-    over_limit_with_local_cache: Counter,
-}
-
-impl RuleStats {
-    /// Records hits answered OVER_LIMIT from the local over-limit cache (reference:
-    /// `over_limit` and `over_limit_with_local_cache`, and `shadow_mode` for a shadow rule).
-    pub fn record_cached(&self, hits: u64, shadow: bool) {
-        self.total_hits.increment(hits);
-        self.over_limit.increment(hits);
-        self.over_limit_with_local_cache.increment(hits);
-        if shadow {
-            self.shadow_mode.increment(hits);
-        }
-    }
-
-    /// Records one descriptor's decision, with the reference's arithmetic (its
-    /// `base_limiter`): hits between the near-limit threshold and the limit are "near",
-    /// hits past the limit are "over", a shadow rule's over-limit hits are "shadow".
-    pub fn record(&self, outcome: &Outcome, limit: u32, hits: u64, shadow: bool, near_ratio: f32) {
-        if hits == 0 {
-            return;
-        }
-        let limit = u64::from(limit);
-        let near = (limit as f64 * f64::from(near_ratio)).floor() as u64;
-        let (before, after) = (outcome.before, outcome.after);
-        self.total_hits.increment(hits);
-        if outcome.over_limit {
-            if before >= limit {
-                self.over_limit.increment(hits);
-            } else {
-                self.over_limit.increment(after.saturating_sub(limit));
-                self.near_limit.increment(limit.saturating_sub(near.max(before)));
-            }
-            if shadow {
-                self.shadow_mode.increment(if before >= limit { hits } else { after.saturating_sub(limit) });
-            }
-        } else {
-            self.within_limit.increment(hits);
-            if after > near {
-                self.near_limit.increment(if before >= near { hits } else { after - near });
-            }
-        }
-    }
+    /// `STATS_MAX_VALUE_*`: the caps on series named by request values.
+    pub value_series: ValueSeriesLimits,
 }
 
 /// Every metric, registered with the Prometheus recorder (and statsd, if enabled).
@@ -133,10 +94,14 @@ pub struct Stats {
     pub config_loaded_at: Gauge,
     /// Rule series by stats key: reused across reloads, so a rule's counts continue.
     rules: Mutex<HashMap<Vec<String>, Arc<RuleStats>>>,
-    /// Series keyed by request values, capped at [`MAX_VALUE_SERIES`].
-    values: papaya::HashMap<Box<[String]>, Arc<RuleStats>, foldhash::fast::RandomState>,
-    value_series: AtomicUsize,
-    domains_not_found: papaya::HashMap<Box<str>, Counter, foldhash::fast::RandomState>,
+    /// Series named by request values, within `value_budget`; and, outside it, one
+    /// `__folded__` series per domain (a configured one: see [`Stats::for_values`]).
+    values: SeriesMap<Arc<RuleStats>>,
+    domains_not_found: SeriesMap<Counter>,
+    /// Unknown domains past `value_budget`, all together.
+    domain_not_found_folded: OnceLock<Counter>,
+    value_budget: Budget,
+    scrapes: exposition::Scrapes,
     /// Flushes statsd, if enabled (kept so the task lives as long as the stats).
     pub statsd: Option<Arc<statsd::StatsdSink>>,
 }
@@ -192,11 +157,13 @@ impl Stats {
             config_loaded_at: gauge("sluicegate_config_loaded_at_seconds"),
             recorder,
             prometheus: handle,
+            value_budget: Budget::new(options.value_series.clone()),
             options,
             rules: Mutex::new(HashMap::new()),
-            values: papaya::HashMap::builder().hasher(Default::default()).build(),
-            value_series: AtomicUsize::new(0),
-            domains_not_found: papaya::HashMap::builder().hasher(Default::default()).build(),
+            values: SeriesMap::default(),
+            domains_not_found: SeriesMap::default(),
+            domain_not_found_folded: OnceLock::new(),
+            scrapes: exposition::Scrapes::default(),
             statsd,
         };
         for (name, help) in [
@@ -258,7 +225,8 @@ impl Stats {
         !self.options.disabled
     }
 
-    /// The Prometheus text exposition of every series.
+    /// The Prometheus text exposition of every series, rendered on this thread (a server
+    /// uses [`Stats::scrape`]).
     pub fn render(&self) -> String {
         self.prometheus.render()
     }
@@ -268,35 +236,20 @@ impl Stats {
         self.prometheus.run_upkeep();
     }
 
-    fn register(&self, parts: &[String]) -> RuleStats {
-        let (domain, key1, key2) = match parts {
-            [] => ("", String::new(), None),
-            [domain] => (domain.as_str(), String::new(), None),
-            [domain, key1] => (domain.as_str(), key1.clone(), None),
-            [domain, key1, rest @ ..] => (domain.as_str(), key1.clone(), Some(rest.join("."))),
-        };
-        let mut l = vec![("domain", domain), ("key1", key1.as_str())];
-        if let Some(key2) = &key2 {
-            l.push(("key2", key2.as_str()));
+    fn register(&self, domain: &str, key1: &str, key2: Option<&str>) -> RuleStats {
+        let mut l = vec![("domain", domain), ("key1", key1)];
+        if let Some(key2) = key2 {
+            l.push(("key2", key2));
         }
-        let counter = |stat: &'static str| {
-            let name = match stat {
-                "total_hits" => "ratelimit_service_rate_limit_total_hits",
-                "over_limit" => "ratelimit_service_rate_limit_over_limit",
-                "near_limit" => "ratelimit_service_rate_limit_near_limit",
-                "within_limit" => "ratelimit_service_rate_limit_within_limit",
-                "over_limit_with_local_cache" => "ratelimit_service_rate_limit_over_limit_with_local_cache",
-                _ => "ratelimit_service_rate_limit_shadow_mode",
-            };
-            self.recorder.register_counter(&Key::from_parts(name, labels(&l)), &METADATA)
-        };
+        let counter =
+            |name: &'static str| self.recorder.register_counter(&Key::from_parts(name, labels(&l)), &METADATA);
         RuleStats {
-            total_hits: counter("total_hits"),
-            over_limit: counter("over_limit"),
-            near_limit: counter("near_limit"),
-            within_limit: counter("within_limit"),
-            shadow_mode: counter("shadow_mode"),
-            over_limit_with_local_cache: counter("over_limit_with_local_cache"),
+            total_hits: counter("ratelimit_service_rate_limit_total_hits"),
+            over_limit: counter("ratelimit_service_rate_limit_over_limit"),
+            near_limit: counter("ratelimit_service_rate_limit_near_limit"),
+            within_limit: counter("ratelimit_service_rate_limit_within_limit"),
+            shadow_mode: counter("ratelimit_service_rate_limit_shadow_mode"),
+            over_limit_with_local_cache: counter("ratelimit_service_rate_limit_over_limit_with_local_cache"),
         }
     }
 
@@ -309,52 +262,66 @@ impl Stats {
         })
     }
 
-    /// The series of a stats key, shared by every rule that has it (and across reloads).
+    /// The series of a stats key from the rules, shared by every rule that has it (and
+    /// across reloads). Its labels are the operator's, so they are shown as they are.
     pub fn keyed(&self, parts: Vec<String>) -> Arc<RuleStats> {
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = rules.get(&parts) {
             return s.clone();
         }
-        let s = Arc::new(self.register(&parts));
+        let key2 = parts.get(2..).filter(|rest| !rest.is_empty()).map(|rest| rest.join("."));
+        let (domain, key1) = (parts.first().map_or("", String::as_str), parts.get(1).map_or("", String::as_str));
+        let s = Arc::new(self.register(domain, key1, key2.as_deref()));
         rules.insert(parts, s.clone());
         s
     }
 
-    /// The series of a stats key made from request values, within the cap: past it the
-    /// key's levels become [`FOLDED`] (one series per domain).
+    /// The series of a stats key made from request values (`domain`, then the levels),
+    /// each label value shortened past `STATS_MAX_VALUE_LABEL_BYTES`. Past the caps, the
+    /// domain's `__folded__` series: those are not capped, as the domain is a configured
+    /// one (overrides and value-named rules only exist for configured domains).
     pub fn for_values(&self, parts: Vec<String>) -> Arc<RuleStats> {
-        let values = self.values.pin();
-        if let Some(s) = values.get(&parts[..]) {
-            return s.clone();
+        let max = self.options.value_series.max_label_bytes;
+        let domain = ShownLabel::one(parts.first().map_or("", String::as_str), max);
+        let mut labels: SmallVec<[ShownLabel<'_>; 3]> = SmallVec::new();
+        labels.push(domain);
+        labels.push(ShownLabel::one(parts.get(1).map_or("", String::as_str), max));
+        if let Some(rest) = parts.get(2..).filter(|rest| !rest.is_empty()) {
+            labels.push(ShownLabel::new(Text::Joined(rest), max));
         }
-        if self.value_series.fetch_add(1, Ordering::Relaxed) >= MAX_VALUE_SERIES {
-            self.value_series.fetch_sub(1, Ordering::Relaxed);
-            let domain = parts.first().cloned().unwrap_or_default();
-            return self.keyed(vec![domain, FOLDED.to_string()]);
+        let register = |shown: &[Box<str>]| {
+            let label = |i: usize| shown.get(i).map(|s| &**s);
+            Arc::new(self.register(label(0).unwrap_or(""), label(1).unwrap_or(""), label(2)))
+        };
+        if let Some(series) = self.values.get_or_admit(&labels, &self.value_budget, register) {
+            return series;
         }
-        let s = Arc::new(self.register(&parts));
-        values.get_or_insert(parts.into_boxed_slice(), s).clone()
+        self.values.get_or_insert(&[domain, ShownLabel::one(FOLDED, max)], register)
     }
 
-    /// Counts descriptors of a request for a domain that has no rules.
+    /// Counts descriptors of a request for a domain that has no rules. The domain is the
+    /// request's, so it is shown shortened, and past the caps as `__folded__`.
     pub fn domain_not_found(&self, domain: &str, descriptors: u64) {
         if self.options.disabled {
             return;
         }
-        let map = self.domains_not_found.pin();
-        let counter = match map.get(domain) {
-            Some(c) => c.clone(),
-            None => {
-                let folded = map.len() >= MAX_VALUE_SERIES;
-                let shown = if folded { FOLDED } else { domain };
-                let c = self.recorder.register_counter(
-                    &Key::from_parts("ratelimit_service_rate_limit_domain_not_found", labels(&[("domain", shown)])),
-                    &METADATA,
-                );
-                if folded { c } else { map.get_or_insert(domain.into(), c).clone() }
-            }
+        let register = |shown: &str| {
+            self.recorder.register_counter(
+                &Key::from_parts("ratelimit_service_rate_limit_domain_not_found", labels(&[("domain", shown)])),
+                &METADATA,
+            )
         };
+        let label = [ShownLabel::one(domain, self.options.value_series.max_label_bytes)];
+        let counter = self
+            .domains_not_found
+            .get_or_admit(&label, &self.value_budget, |shown| register(shown.first().map_or("", |s| &**s)))
+            .unwrap_or_else(|| self.domain_not_found_folded.get_or_init(|| register(FOLDED)).clone());
         counter.increment(descriptors);
+    }
+
+    /// What the series named by request values have used of their caps.
+    pub fn value_series_used(&self) -> Used {
+        self.value_budget.used()
     }
 
     /// Sets the gauges that describe the loaded rules.
@@ -384,65 +351,4 @@ impl crate::config::reload::LoadObserver for Stats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::Nanos;
-
-    fn outcome(over: bool, before: u64, after: u64) -> Outcome {
-        Outcome { over_limit: over, before, after, remaining: 0, reset_after: Nanos(0) }
-    }
-
-    fn value(text: &str, series: &str) -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    #[test]
-    fn near_and_over_limit_follow_the_reference_arithmetic() {
-        let stats = Stats::new(StatsOptions { near_limit_ratio: 0.8, ..Default::default() });
-        let s = stats.keyed(vec!["d".into(), "k".into()]);
-        // Reference L6: limit 15, counts 11, 13, 16 (near threshold 12).
-        s.record(&outcome(false, 10, 11), 15, 1, false, 0.8);
-        s.record(&outcome(false, 12, 13), 15, 1, false, 0.8);
-        s.record(&outcome(true, 15, 16), 15, 1, false, 0.8);
-        // Reference L10/L11: limit 20, addends 3 and 7 ending at 22 (near threshold 16).
-        let t = stats.keyed(vec!["d".into(), "t".into()]);
-        t.record(&outcome(true, 19, 22), 20, 3, false, 0.8);
-        t.record(&outcome(true, 15, 22), 20, 7, false, 0.8);
-        let text = stats.render();
-        let series =
-            |stat: &str, key1: &str| format!("ratelimit_service_rate_limit_{stat}{{domain=\"d\",key1=\"{key1}\"}}");
-        assert_eq!(value(&text, &series("total_hits", "k")), 3);
-        assert_eq!(value(&text, &series("near_limit", "k")), 1);
-        assert_eq!(value(&text, &series("over_limit", "k")), 1);
-        assert_eq!(value(&text, &series("within_limit", "k")), 2);
-        assert_eq!(value(&text, &series("over_limit", "t")), 4);
-        assert_eq!(value(&text, &series("near_limit", "t")), 1 + 4);
-    }
-
-    #[test]
-    fn series_keyed_by_values_are_capped_and_folded() {
-        let stats = Stats::new(StatsOptions::default());
-        for i in 0..MAX_VALUE_SERIES + 5 {
-            stats.for_values(vec!["d".into(), format!("user_{i}")]).total_hits.increment(1);
-        }
-        let text = stats.render();
-        assert_eq!(value(&text, "ratelimit_service_rate_limit_total_hits{domain=\"d\",key1=\"__folded__\"}"), 5);
-        assert_eq!(text.matches("ratelimit_service_rate_limit_total_hits{").count(), MAX_VALUE_SERIES + 1);
-    }
-
-    #[test]
-    fn deep_keys_put_the_levels_after_the_first_in_key2() {
-        let stats = Stats::new(StatsOptions::default());
-        stats.keyed(vec!["d".into(), "a_1".into(), "b".into(), "c_2".into()]).total_hits.increment(2);
-        let text = stats.render();
-        assert_eq!(
-            value(&text, "ratelimit_service_rate_limit_total_hits{domain=\"d\",key1=\"a_1\",key2=\"b.c_2\"}"),
-            2,
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -8,8 +8,16 @@
 //!
 //! Names are the reference's (`ratelimit.service.rate_limit.<domain>.<key>.total_hits`,
 //! `ratelimit_server.ShouldRateLimit.response_time`, ...), sanitized as it does: `:` and
-//! `|` become `_`, and the dots of an IPv4 address inside a key become `_`.
+//! `|` become `_`, and the dots of an IPv4 address inside a key become `_`; and `@` and
+//! control characters become `_` too, so no request can write a line of its own. Their
+//! request-named parts are already bounded in length (see `stats::label`).
 
+mod names;
+
+use names::dotted;
+pub use names::sanitize;
+
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,9 +82,19 @@ impl HistogramFn for Cell {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Counter,
-    Gauge,
-    Timer,
+    Counter = 0,
+    Gauge = 1,
+    Timer = 2,
+}
+
+/// Every series registered, findable by name: registrations come once per new series,
+/// but there can be tens of thousands of those.
+#[derive(Debug, Default)]
+struct Series {
+    /// In registration order, which is the order they are flushed in.
+    cells: Vec<(Arc<str>, Kind, Arc<Cell>)>,
+    /// Where each name is in `cells`, one map per kind.
+    index: [HashMap<Arc<str>, usize>; 3],
 }
 
 /// The series and the connection.
@@ -84,14 +102,14 @@ enum Kind {
 pub struct StatsdSink {
     options: StatsdOptions,
     suffix: String,
-    series: Mutex<Vec<(String, Kind, Arc<Cell>)>>,
+    series: Mutex<Series>,
     connection: Mutex<Option<std::net::TcpStream>>,
 }
 
 impl StatsdSink {
     pub fn new(options: StatsdOptions, extra_tags: &[(String, String)]) -> Self {
         let suffix = extra_tags.iter().map(|(k, v)| format!(".__{k}={v}")).collect();
-        StatsdSink { options, suffix, series: Mutex::new(Vec::new()), connection: Mutex::new(None) }
+        StatsdSink { options, suffix, series: Mutex::new(Series::default()), connection: Mutex::new(None) }
     }
 
     pub fn flush_interval(&self) -> Duration {
@@ -102,11 +120,14 @@ impl StatsdSink {
         let name = dotted(key)?;
         let name = format!("{}{}", sanitize(&name), self.suffix);
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, cell)) = series.iter().find(|(n, k, _)| *n == name && *k == kind) {
+        let Series { cells, index } = &mut *series;
+        if let Some((_, _, cell)) = index[kind as usize].get(name.as_str()).and_then(|&i| cells.get(i)) {
             return Some(cell.clone());
         }
+        let name: Arc<str> = name.into();
         let cell = Arc::new(Cell::default());
-        series.push((name, kind, cell.clone()));
+        index[kind as usize].insert(name.clone(), cells.len());
+        cells.push((name, kind, cell.clone()));
         Some(cell)
     }
 
@@ -114,7 +135,7 @@ impl StatsdSink {
     pub fn lines(&self) -> Vec<String> {
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        for (name, kind, cell) in series.iter() {
+        for (name, kind, cell) in &series.cells {
             match kind {
                 Kind::Counter => {
                     let now = cell.value.load(Ordering::Relaxed);
@@ -272,94 +293,9 @@ impl<A: Recorder, B: Recorder> Recorder for Both<A, B> {
     }
 }
 
-/// The reference's dotted name of a series.
-fn dotted(key: &Key) -> Option<String> {
-    let label = |name: &str| key.labels().find(|l| l.key() == name).map(|l| l.value().to_string());
-    let name = key.name();
-    if let Some(stat) = name.strip_prefix("ratelimit_service_rate_limit_") {
-        let mut out = String::from("ratelimit.service.rate_limit");
-        for part in ["domain", "key1", "key2"] {
-            if let Some(v) = label(part).filter(|v| !v.is_empty()) {
-                out.push('.');
-                out.push_str(&v);
-            }
-        }
-        return Some(format!("{out}.{stat}"));
-    }
-    Some(match name {
-        "ratelimit_service_config_load_success" => "ratelimit.service.config_load_success".into(),
-        "ratelimit_service_config_load_error" => "ratelimit.service.config_load_error".into(),
-        "ratelimit_service_global_shadow_mode" => "ratelimit.service.global_shadow_mode".into(),
-        "ratelimit_service_should_rate_limit_error" => {
-            format!("ratelimit.service.call.should_rate_limit.{}", label("err_type")?)
-        }
-        "ratelimit_service_total_requests" => format!("ratelimit_server.{}.total_requests", label("grpc_method")?),
-        "ratelimit_service_response_time_seconds" => {
-            format!("ratelimit_server.{}.response_time", label("grpc_method")?)
-        }
-        other => {
-            if let Some(stat) = other.strip_prefix("ratelimit_redis_pool_") {
-                format!("ratelimit.redis_pool.{stat}")
-            } else if let Some(stat) = other.strip_prefix("ratelimit_redis_per_second_pool_") {
-                format!("ratelimit.redis_per_second_pool.{stat}")
-            } else if let Some(stat) = other.strip_prefix("ratelimit_localcache_") {
-                // The reference's freecache gauge names are camel case.
-                let camel: String = stat
-                    .split('_')
-                    .enumerate()
-                    .map(|(i, w)| if i == 0 { w.to_string() } else { w[..1].to_ascii_uppercase() + &w[1..] })
-                    .collect();
-                format!("ratelimit.localcache.{camel}")
-            } else {
-                other.replacen("sluicegate_", "sluicegate.", 1)
-            }
-        }
-    })
-}
-
-/// The reference's statsd sanitizing: `:` and `|` to `_`, and the dots of IPv4 addresses.
-pub fn sanitize(name: &str) -> String {
-    let mut out: Vec<u8> = name.bytes().map(|b| if b == b':' || b == b'|' { b'_' } else { b }).collect();
-    let is_octet = |s: &[u8]| (1..=3).contains(&s.len()) && s.iter().all(u8::is_ascii_digit);
-    let mut i = 0;
-    while i < out.len() {
-        // A dotted quad starts at a digit that does not continue a word.
-        if out[i].is_ascii_digit() && (i == 0 || !out[i - 1].is_ascii_alphanumeric()) {
-            let end = out[i..].iter().position(|b| !(b.is_ascii_digit() || *b == b'.')).map_or(out.len(), |p| i + p);
-            let run = &out[i..end];
-            let parts: Vec<&[u8]> = run.split(|b| *b == b'.').collect();
-            if parts.len() >= 4 && parts[..4].iter().all(|p| is_octet(p)) {
-                let quad_end = i + parts[..4].iter().map(|p| p.len()).sum::<usize>() + 3;
-                for b in &mut out[i..quad_end] {
-                    if *b == b'.' {
-                        *b = b'_';
-                    }
-                }
-                i = quad_end;
-                continue;
-            }
-            i = end.max(i + 1);
-        } else {
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_sanitized_like_the_reference() {
-        assert_eq!(
-            sanitize("ratelimit.service.rate_limit.d.path_/foo:*:bar.total_hits"),
-            "ratelimit.service.rate_limit.d.path_/foo_*_bar.total_hits"
-        );
-        assert_eq!(sanitize("a.path_/foo|bar|baz.x"), "a.path_/foo_bar_baz.x");
-        assert_eq!(sanitize("d.remote_address_10.0.0.1.total_hits"), "d.remote_address_10_0_0_1.total_hits");
-        assert_eq!(sanitize("d.v1.2.3.total_hits"), "d.v1.2.3.total_hits");
-    }
 
     #[test]
     fn counters_flush_as_deltas_and_timers_as_means() {
@@ -397,5 +333,32 @@ mod tests {
         );
         c.increment(1);
         assert_eq!(sink.lines(), vec!["ratelimit.service.rate_limit.d.k_v.total_hits.__env=prod:1|c"]);
+    }
+
+    #[test]
+    fn a_name_registered_again_shares_its_cell_and_kinds_stay_apart() {
+        let options = StatsdOptions {
+            host: "127.0.0.1".into(),
+            port: 9,
+            protocol: Protocol::Udp,
+            flush_interval: Duration::from_secs(1),
+        };
+        let recorder = StatsdRecorder(Arc::new(StatsdSink::new(options, &[])));
+        let metadata = Metadata::new("t", metrics::Level::INFO, None);
+        let key = |i: usize| {
+            Key::from_parts(
+                "ratelimit_service_rate_limit_total_hits",
+                vec![metrics::Label::new("domain", "d"), metrics::Label::new("key1", format!("user_{i}"))],
+            )
+        };
+        for i in 0..1000 {
+            recorder.register_counter(&key(i), &metadata).increment(1);
+        }
+        recorder.register_counter(&key(7), &metadata).increment(1);
+        recorder.register_gauge(&key(7), &metadata).set(5.0);
+        let lines = recorder.0.lines();
+        assert_eq!(lines.len(), 1001);
+        assert_eq!(lines[7], "ratelimit.service.rate_limit.d.user_7.total_hits:2|c");
+        assert_eq!(lines[1000], "ratelimit.service.rate_limit.d.user_7.total_hits:5|g");
     }
 }
