@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::{ConfigSource, RuntimeLayout};
 use crate::limiter::Algorithm;
+use crate::serve::{ConnectionLimits, GrpcLimits, HttpLimits};
 use crate::service::{Consume, FailurePolicy, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::StatsOptions;
 use crate::stats::statsd::{Protocol, StatsdOptions};
@@ -55,6 +56,32 @@ pub const SPECS: &[Spec] = &[
     spec("GRPC_WORKERS", "0", "gRPC worker threads, each with its own runtime and listener (0: one per CPU)"),
     spec("DEBUG_HOST", "0.0.0.0", "Address of the debug listener (/rlconfig)"),
     spec("DEBUG_PORT", "6070", "Port of the debug listener (0 picks a free port)"),
+    spec(
+        "GRPC_MAX_CONNECTIONS",
+        "4096",
+        "Most open gRPC connections, all workers together; past it new ones wait in the listen backlog",
+    ),
+    spec("GRPC_MAX_CONCURRENT_STREAMS", "1024", "Most calls at once on one gRPC connection (HTTP/2 streams)"),
+    spec(
+        "GRPC_HANDSHAKE_TIMEOUT",
+        "10s",
+        "A gRPC connection must finish its TLS handshake and HTTP/2 preface within this",
+    ),
+    spec("GRPC_MAX_CONNECTION_IDLE", "15m", "Send GOAWAY to a gRPC connection without a call for this long (0: never)"),
+    spec("GRPC_MAX_CONNECTION_AGE", "24h", "Send GOAWAY to a gRPC connection at about this age, +/-10% (0: never)"),
+    spec("GRPC_MAX_CONNECTION_AGE_GRACE", "1h", "Then close it if it is still open this long after (0: never)"),
+    spec(
+        "HTTP_MAX_CONNECTIONS",
+        "1024",
+        "Most open connections on each of the HTTP and debug listeners; past it new ones wait in the listen backlog",
+    ),
+    spec(
+        "HTTP_HEADER_READ_TIMEOUT",
+        "10s",
+        "An HTTP request head must arrive within this of the accept or its first byte",
+    ),
+    spec("HTTP_IDLE_TIMEOUT", "60s", "Close a keep-alive HTTP connection that sends no request for this long"),
+    spec("HTTP_REQUEST_TIMEOUT", "30s", "Reading an HTTP request's body and answering it; past it, 408 and close"),
     spec("CONFIG_TYPE", "FILE", "Where rules come from; only FILE is supported"),
     spec("RUNTIME_ROOT", "/srv/runtime_data/current", "Runtime root directory (reference layout)"),
     spec("RUNTIME_SUBDIRECTORY", "", "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)"),
@@ -141,8 +168,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
     ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
     ("USE_DOG_STATSD", "not supported"),
-    ("GRPC_MAX_CONNECTION_AGE", "not supported"),
-    ("GRPC_MAX_CONNECTION_AGE_GRACE", "not supported"),
     ("TRACING_ENABLED", "not supported"),
     ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported; CONSUME=all_or_nothing is the exact version"),
     ("REDIS_PIPELINE_WINDOW", "every request is already one pipeline"),
@@ -251,6 +276,8 @@ pub struct Settings {
     pub grpc_tls: Option<TlsSettings>,
     pub http: (String, u16),
     pub debug: (String, u16),
+    /// What one client can cost: connection caps and timeouts of every listener.
+    pub connection_limits: ConnectionLimits,
     pub config_source: ConfigSource,
     pub merge_domains: bool,
     pub force_start_without_initial_config: bool,
@@ -393,6 +420,34 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The listeners' connection caps and timeouts.
+fn connection_limits(r: &mut Reader<'_>) -> ConnectionLimits {
+    let max_connections = |s: &str| match s.parse::<usize>() {
+        Ok(n @ 1..=1_000_000) => Ok(n),
+        _ => Err("expected a whole number from 1 to 1000000".to_string()),
+    };
+    // Go's gRPC servers read a zero age or idle time as "never"; so does the reference.
+    let zero_is_never = |s: &str| parse_duration(s).map(|d| (!d.is_zero()).then_some(d));
+    let grpc = GrpcLimits {
+        max_connections: r.parse("GRPC_MAX_CONNECTIONS", max_connections),
+        max_concurrent_streams: r.parse("GRPC_MAX_CONCURRENT_STREAMS", |s| match s.parse::<u32>() {
+            Ok(n @ 1..) => Ok(n),
+            _ => Err(format!("expected a whole number from 1 to {}", u32::MAX)),
+        }),
+        handshake_timeout: r.parse("GRPC_HANDSHAKE_TIMEOUT", parse_positive_duration),
+        max_connection_idle: r.parse("GRPC_MAX_CONNECTION_IDLE", zero_is_never),
+        max_connection_age: r.parse("GRPC_MAX_CONNECTION_AGE", zero_is_never),
+        max_connection_age_grace: r.parse("GRPC_MAX_CONNECTION_AGE_GRACE", zero_is_never),
+    };
+    let http = HttpLimits {
+        max_connections: r.parse("HTTP_MAX_CONNECTIONS", max_connections),
+        header_read_timeout: r.parse("HTTP_HEADER_READ_TIMEOUT", parse_positive_duration),
+        idle_timeout: r.parse("HTTP_IDLE_TIMEOUT", parse_positive_duration),
+        request_timeout: r.parse("HTTP_REQUEST_TIMEOUT", parse_positive_duration),
+    };
+    ConnectionLimits { grpc, http }
+}
+
 /// The Redis settings (`BACKEND_TYPE=redis`).
 fn redis_options(r: &mut Reader<'_>) -> RedisOptions {
     let tls_files = RedisTls {
@@ -521,6 +576,7 @@ impl Settings {
         };
         let http = (r.string("HOST"), r.parse("PORT", parse_port));
         let debug = (r.string("DEBUG_HOST"), r.parse("DEBUG_PORT", parse_port));
+        let connection_limits = connection_limits(&mut r);
 
         r.parse("CONFIG_TYPE", |s| match s.to_ascii_uppercase().as_str() {
             "FILE" => Ok(()),
@@ -681,6 +737,7 @@ impl Settings {
             grpc_tls,
             http,
             debug,
+            connection_limits,
             config_source,
             merge_domains,
             force_start_without_initial_config,
