@@ -2,11 +2,10 @@
 //!
 //! Owns a connection's lifecycle: the TLS handshake (bounded, with the HTTP/2 preface, by
 //! `GRPC_HANDSHAKE_TIMEOUT`), serving it with hyper (HTTP/2 for gRPC, HTTP/1 for the HTTP
-//! listeners) under its [read deadlines](super::deadline_io), and the deadlines that end
-//! a healthy connection politely: idle gRPC connections and old ones are sent a GOAWAY
-//! (clients such as Envoy reconnect transparently), and dropped if they have not finished
-//! after a grace period. On the stop signal every connection is asked to finish its calls
-//! and close.
+//! listeners), and ending it: dropped when the client is too slow or idle
+//! ([`super::deadlines`]); sent a GOAWAY when a gRPC connection is idle or old (clients
+//! such as Envoy reconnect transparently), then dropped if it has not finished after a
+//! grace period; asked to finish its calls and close on the stop signal.
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -19,7 +18,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::activity::Activity;
-use super::deadline_io::{DeadlineIo, Deadlines, Expired};
+use super::deadlines::{Deadlines, Expired};
+use super::observed_io::{ObservedIo, Watching};
 use super::tracked::{RequestLimit, Tracked};
 use super::{DRAIN_TIMEOUT, Endpoint, GOAWAY_DRAIN, GrpcLimits, HttpLimits, Protocol, TimeoutMetrics};
 
@@ -53,12 +53,9 @@ where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new(accepted);
-    let timeouts = endpoint.timeouts.clone();
-    let on_expiry = Box::new(move |which| timeouts.expired(which));
     match &endpoint.protocol {
         Protocol::Grpc(limits) => {
-            let deadlines = Deadlines::preface(accepted + limits.handshake_timeout);
-            let io = TokioIo::new(DeadlineIo::new(io, deadlines, activity.clone(), on_expiry));
+            let io = TokioIo::new(ObservedIo::new(io, Watching::preface(), activity.clone()));
             let service = tracked(endpoint, &activity, RequestLimit::GrpcTimeoutHeader);
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -68,11 +65,10 @@ where
             supervise(conn, |c| c.graceful_shutdown(), ends, &activity, &endpoint.timeouts, stop).await;
         }
         Protocol::Http1(limits) => {
-            let deadlines = Deadlines::http1(limits.header_read_timeout, limits.idle_timeout);
-            let io = TokioIo::new(DeadlineIo::new(io, deadlines, activity.clone(), on_expiry));
+            let io = TokioIo::new(ObservedIo::new(io, Watching::Http1Heads, activity.clone()));
             let service = tracked(endpoint, &activity, RequestLimit::Http(limits.request_timeout));
-            // Our read deadlines replace hyper's header timeout, which would also count
-            // the quiet time between keep-alive requests.
+            // The supervisor's deadlines replace hyper's header timeout, which would also
+            // count the quiet time between keep-alive requests.
             let conn = http1::Builder::new().keep_alive(true).header_read_timeout(None).serve_connection(io, service);
             let ends = Ends::http1(limits);
             supervise(conn, |c| c.graceful_shutdown(), ends, &activity, &endpoint.timeouts, stop).await;
@@ -89,26 +85,40 @@ fn tracked(endpoint: &Endpoint, activity: &Arc<Activity>, limit: RequestLimit) -
     }
 }
 
-/// When a healthy connection is asked to go away.
+/// How a connection is ended when it has not finished on its own.
 #[derive(Clone, Copy, Debug)]
 struct Ends {
-    /// Without requests this long (gRPC; HTTP/1's idle timeout is a read deadline).
-    idle: Option<Duration>,
-    /// At this age, then dropped after the grace (if any).
+    deadlines: Deadlines,
+    /// An idle connection is sent a GOAWAY (gRPC) rather than dropped (HTTP/1, whose
+    /// clients expect keep-alive connections to close under them).
+    idle_goes_away: bool,
+    /// At this age, a GOAWAY, and a drop after the grace (if any).
     age: Option<(Instant, Option<Duration>)>,
-    /// At the stop signal, close a connection that has not sent a whole request yet at
-    /// once (HTTP/1: there is no GOAWAY to tell it, and its head may never come).
+    /// At the stop signal, drop a connection that has not sent a whole request yet
+    /// (HTTP/1: there is no GOAWAY to tell it, and its head may never come).
     drop_unused_at_stop: bool,
 }
 
 impl Ends {
     fn grpc(limits: &GrpcLimits, accepted: Instant) -> Ends {
-        let age = limits.max_connection_age.map(|age| (accepted + jittered(age), limits.max_connection_age_grace));
-        Ends { idle: limits.max_connection_idle, age, drop_unused_at_stop: false }
+        Ends {
+            deadlines: Deadlines::Grpc {
+                preface_by: accepted + limits.handshake_timeout,
+                idle: limits.max_connection_idle,
+            },
+            idle_goes_away: true,
+            age: limits.max_connection_age.map(|age| (accepted + jittered(age), limits.max_connection_age_grace)),
+            drop_unused_at_stop: false,
+        }
     }
 
-    fn http1(_: &HttpLimits) -> Ends {
-        Ends { idle: None, age: None, drop_unused_at_stop: true }
+    fn http1(limits: &HttpLimits) -> Ends {
+        Ends {
+            deadlines: Deadlines::Http1 { header: limits.header_read_timeout, idle: limits.idle_timeout },
+            idle_goes_away: false,
+            age: None,
+            drop_unused_at_stop: true,
+        }
     }
 }
 
@@ -140,9 +150,11 @@ impl Farewell {
     }
 }
 
-/// Drives `conn` to its end, asking it to go away (`graceful`: GOAWAY on HTTP/2, no more
-/// keep-alive on HTTP/1) when it has been idle or alive too long or the server stops,
-/// and dropping it (closing the socket) if it has not finished in time after that.
+/// Drives `conn` to its end. Drops it (closing the socket) when the client is too slow
+/// to send its preface or request head, or an HTTP/1 connection sits idle; asks it to go
+/// away (`graceful`: GOAWAY on HTTP/2, no more keep-alive on HTTP/1) when a gRPC
+/// connection is idle or old or the server stops, and drops it if it has not finished
+/// in time after that.
 async fn supervise<C>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
@@ -155,7 +167,8 @@ async fn supervise<C>(
 {
     let mut conn = pin!(conn);
     let accepted = activity.accepted();
-    let mut idle_check = pin!(tokio::time::sleep_until(accepted + ends.idle.unwrap_or_default()));
+    let mut deadline = ends.deadlines.next(activity, accepted);
+    let mut look = pin!(tokio::time::sleep_until(deadline.map_or(accepted, |(at, _)| at)));
     let mut old_age = pin!(tokio::time::sleep_until(ends.age.map_or(accepted, |(at, _)| at)));
     let mut drop_at = pin!(tokio::time::sleep_until(accepted));
     let mut farewell = Farewell::default();
@@ -176,17 +189,26 @@ async fn supervise<C>(
                 }
                 Some(DRAIN_TIMEOUT)
             }
-            _ = &mut idle_check, if ends.idle.is_some() && !farewell.asked => {
-                let idle = ends.idle.unwrap_or_default();
-                match activity.idle_deadline(idle) {
-                    Some(at) if at <= Instant::now() => {
-                        timeouts.idle.increment(1);
-                        tracing::debug!(?idle, "asking an idle connection to go away");
+            _ = activity.changed.notified() => {
+                deadline = ends.deadlines.next(activity, Instant::now());
+                look.as_mut().reset(deadline.map_or(accepted, |(at, _)| at));
+                continue;
+            }
+            _ = &mut look, if deadline.is_some() && !farewell.asked => {
+                let now = Instant::now();
+                deadline = ends.deadlines.next(activity, now);
+                match deadline {
+                    Some((at, expired)) if at <= now => {
+                        timeouts.expired(expired);
+                        tracing::debug!(?expired, "a connection's client was too slow or idle too long");
+                        if !(expired == Expired::Idle && ends.idle_goes_away) {
+                            return;
+                        }
                         Some(GOAWAY_DRAIN)
                     }
-                    // Busy, or busy since the last check: idle time restarts from then.
-                    at => {
-                        idle_check.as_mut().reset(at.unwrap_or_else(|| Instant::now() + idle));
+                    // The client did something: look again at the new deadline.
+                    _ => {
+                        look.as_mut().reset(deadline.map_or(accepted, |(at, _)| at));
                         continue;
                     }
                 }

@@ -13,7 +13,8 @@
 
 mod activity;
 mod connection;
-mod deadline_io;
+mod deadlines;
+mod observed_io;
 mod tracked;
 
 use std::sync::Arc;
