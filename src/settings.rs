@@ -942,4 +942,48 @@ mod tests {
         let names = s.service.response_headers.unwrap();
         assert_eq!((names.limit.as_str(), names.remaining.as_str()), ("A-Ratelimit-Limit", "RateLimit-Remaining"));
     }
+
+    #[test]
+    fn connection_limits_default_safely_and_zero_ages_mean_never() {
+        let limits = parse(&[]).unwrap().connection_limits;
+        assert_eq!((limits.grpc.max_connections, limits.grpc.max_concurrent_streams), (4096, 1024));
+        assert_eq!(limits.grpc.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.grpc.max_connection_idle, Some(Duration::from_secs(15 * 60)));
+        assert_eq!(limits.grpc.max_connection_age, Some(Duration::from_secs(24 * 3600)), "the reference's default");
+        assert_eq!(limits.grpc.max_connection_age_grace, Some(Duration::from_secs(3600)), "the reference's default");
+        assert_eq!(limits.http.max_connections, 1024);
+        let http = (limits.http.header_read_timeout, limits.http.idle_timeout, limits.http.request_timeout);
+        assert_eq!(http, (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(30)));
+
+        let s = parse(&[("GRPC_MAX_CONNECTION_AGE", "0"), ("GRPC_MAX_CONNECTION_IDLE", "0")]).unwrap();
+        assert_eq!(
+            (s.connection_limits.grpc.max_connection_age, s.connection_limits.grpc.max_connection_idle),
+            (None, None)
+        );
+        assert!(s.warnings.is_empty(), "no longer ignored: {:?}", s.warnings);
+    }
+
+    #[test]
+    fn bad_connection_limits_are_named() {
+        let err = parse(&[
+            ("GRPC_MAX_CONNECTIONS", "0"),
+            ("GRPC_MAX_CONCURRENT_STREAMS", "-1"),
+            ("GRPC_HANDSHAKE_TIMEOUT", "0"),
+            ("GRPC_MAX_CONNECTION_AGE", "a day"),
+            ("HTTP_MAX_CONNECTIONS", "2000000"),
+            ("HTTP_IDLE_TIMEOUT", "60"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "GRPC_MAX_CONNECTIONS=\"0\" is not valid: expected a whole number from 1 to 1000000",
+                "GRPC_MAX_CONCURRENT_STREAMS=\"-1\" is not valid: expected a whole number from 1 to 4294967295",
+                "GRPC_HANDSHAKE_TIMEOUT=\"0\" is not valid: expected a duration above zero",
+                "GRPC_MAX_CONNECTION_AGE=\"a day\" is not valid: expected a duration such as 500ms, 10s or 1h30m, not \"a day\"",
+                "HTTP_MAX_CONNECTIONS=\"2000000\" is not valid: expected a whole number from 1 to 1000000",
+                "HTTP_IDLE_TIMEOUT=\"60\" is not valid: expected a duration such as 500ms, 10s or 1h30m, not \"60\"",
+            ]
+        );
+    }
 }
