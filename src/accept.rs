@@ -40,7 +40,7 @@ impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        self.poll_accept(cx).map_ok(|(stream, _)| {
+        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(stream, _)| {
             // Answers are small and latency is the product: never wait to coalesce them.
             let _ = stream.set_nodelay(true);
             stream
@@ -52,7 +52,7 @@ impl Listener for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        self.poll_accept(cx).map_ok(|(stream, _)| stream)
+        tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(stream, _)| stream)
     }
 }
 
@@ -84,7 +84,9 @@ impl AcceptMetrics {
 }
 
 /// The open-connection cap of one listener kind, shared by every listener of that kind
-/// (all gRPC workers draw from one cap).
+/// (all gRPC workers draw from one cap). A place is taken before `accept` is called, so
+/// the cap is never exceeded; the price is that a worker waiting for a connection holds
+/// a place meanwhile, so with N workers the cap can be reached up to N - 1 early.
 #[derive(Debug)]
 pub struct ConnectionCap {
     listener: &'static str,

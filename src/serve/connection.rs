@@ -200,7 +200,7 @@ async fn supervise<C>(
                 match deadline {
                     Some((at, expired)) if at <= now => {
                         timeouts.expired(expired);
-                        tracing::debug!(?expired, "a connection's client was too slow or idle too long");
+                        tracing::debug!(?expired, "a connection's deadline passed");
                         if !(expired == Expired::Idle && ends.idle_goes_away) {
                             return;
                         }
