@@ -54,7 +54,7 @@ async fn an_idle_grpc_connection_is_sent_a_goaway_and_one_in_use_is_not() {
     let kept_busy = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < kept_busy {
         assert_eq!(busy.calls.call(&ok).await.unwrap(), "0", "a connection in use was closed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ended = ended_after(&mut idle, last_call, Duration::from_secs(5)).await.expect("the idle connection is open");
     assert!(ended >= Duration::from_millis(900), "closed after {ended:?}, before GRPC_MAX_CONNECTION_IDLE");
@@ -67,7 +67,7 @@ async fn an_idle_grpc_connection_is_sent_a_goaway_and_one_in_use_is_not() {
 #[tokio::test]
 async fn an_old_grpc_connection_is_sent_a_goaway_and_dropped_after_the_grace() {
     let settings =
-        [("GRPC_MAX_CONNECTION_AGE", "1s"), ("GRPC_MAX_CONNECTION_AGE_GRACE", "1s"), ("GRPC_MAX_CONNECTION_IDLE", "0")];
+        [("GRPC_MAX_CONNECTION_AGE", "1s"), ("GRPC_MAX_CONNECTION_AGE_GRACE", "2s"), ("GRPC_MAX_CONNECTION_IDLE", "0")];
     let server = start(&[("d.yaml", RULES)], &settings, 0).await;
     let ok = request("d", &[&[("k", "v")]]);
     let opened = Instant::now();
@@ -79,12 +79,12 @@ async fn an_old_grpc_connection_is_sent_a_goaway_and_dropped_after_the_grace() {
 
     // The age is 1 s ± 10%: a connection without calls closes on its GOAWAY.
     let ended = ended_after(&mut quiet, opened, Duration::from_secs(5)).await.expect("the quiet one is open");
-    assert!((Duration::from_millis(850)..Duration::from_millis(1900)).contains(&ended), "quiet: {ended:?}");
+    assert!((Duration::from_millis(850)..Duration::from_millis(2500)).contains(&ended), "quiet: {ended:?}");
     // A call open across the GOAWAY may still finish during the grace.
     assert_eq!(late_call.finish(&ok).await.unwrap(), "0", "a call was cut off during the grace");
     // One that never finishes is dropped once the grace is over.
-    let ended = ended_after(&mut stuck, opened, Duration::from_secs(6)).await.expect("the stuck one is open");
-    assert!(ended >= Duration::from_millis(1750), "stuck: dropped after {ended:?}, before the grace ended");
+    let ended = ended_after(&mut stuck, opened, Duration::from_secs(8)).await.expect("the stuck one is open");
+    assert!(ended >= Duration::from_millis(2750), "stuck: dropped after {ended:?}, before the grace ended");
     let timeouts = [("listener", "grpc"), ("timeout", "max_age")];
     assert_eq!(metric(server.http, "sluicegate_timeouts_total", &timeouts).await, Some(3.0));
     server.stop().await;
