@@ -6,7 +6,7 @@
 //! - **Out of file descriptors** (`EMFILE`/`ENFILE`): the pending connection stays in the
 //!   kernel's queue, so the listener stays readable and a loop that retries at once spins
 //!   a core. Here an accept error sleeps, 5 ms doubling up to 1 s (reset by the next
-//!   success), and is logged at most once per [`ERROR_LOG_INTERVAL`] with a count.
+//!   success), and is logged at most once every 10 s with a count.
 //! - **Too many connections**: a listener holds at most its cap of open connections.
 //!   Past it, [`Incoming::accept`] stops calling `accept` until one closes, so new
 //!   clients wait in the kernel's backlog (and, once that is full, their SYNs are not

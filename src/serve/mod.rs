@@ -3,7 +3,7 @@
 //! Owns what a client can cost: the bounds of [`GrpcLimits`] and [`HttpLimits`] (their
 //! settings are in `crate::settings`), and [`serve`], which accepts from a listener
 //! under its cap ([`crate::accept`]) and serves each connection with hyper
-//! ([`connection`]) until the stop signal, then waits for the connections to finish.
+//! (module `connection`) until the stop signal, then waits for the connections to finish.
 //!
 //! tonic's own server is not used for gRPC: it retries accept errors at once (a spin
 //! when out of descriptors), has no deadline for the HTTP/2 preface and no idle GOAWAY,
