@@ -1,7 +1,8 @@
 //! The floor of the stack: an RLS server that answers OK without matching or counting.
 //!
-//! Same tonic, same envoy-types, same current-thread runtime and listener setup as a
-//! sluicegate gRPC worker; the only difference is the handler. Benchmarks run it beside
+//! Same tonic services, same envoy-types, same current-thread runtime, and the same
+//! accept loop and connection handling (`sluicegate::serve`, with the default limits) as
+//! a sluicegate gRPC worker; the only difference is the handler. Benchmarks run it beside
 //! sluicegate in the same session and report sluicegate's cost as a ratio to this one.
 //!
 //! ```text
@@ -20,8 +21,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use sluicegate::accept::{AcceptMetrics, ConnectionCap, Incoming};
+use sluicegate::serve::{Endpoint, Protocol, TimeoutMetrics};
+use sluicegate::settings::Settings;
+use sluicegate::stats::Stats;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -50,14 +53,20 @@ fn main() {
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
     .expect("runtime");
+    let limits = Settings::for_tests(vec![".".into()]).connection_limits.grpc;
+    let stats = Stats::new(Default::default());
+    let cap = ConnectionCap::new("grpc", limits.max_connections, AcceptMetrics::new(&stats, "grpc"));
+    let endpoint = Endpoint {
+        router: tonic::service::Routes::new(RateLimitServiceServer::new(Noop)).prepare().into_axum_router(),
+        protocol: Protocol::Grpc(limits),
+        tls: None,
+        timeouts: TimeoutMetrics::new(&stats, "grpc"),
+    };
+    // Never stops: the benchmark kills it.
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         eprintln!("noop RLS listening on {}", listener.local_addr().expect("address"));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        Server::builder()
-            .add_service(RateLimitServiceServer::new(Noop))
-            .serve_with_incoming(incoming)
-            .await
-            .expect("serve");
+        sluicegate::serve::serve(Incoming::new(listener, cap), endpoint, stop).await;
     });
 }

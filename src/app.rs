@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::sync::watch;
 
+use crate::accept::{AcceptMetrics, ConnectionCap, Incoming};
 use crate::clock::Clock;
 use crate::config;
 use crate::config::diag::Diagnostics;
@@ -25,6 +26,7 @@ use crate::grpc::{self, GrpcListener, RlsService};
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::rules::LimitRegistry;
+use crate::serve::{Endpoint, HttpLimits, Protocol, TimeoutMetrics};
 use crate::service::RateLimiter;
 use crate::settings::{Backend, Listen, Settings};
 use crate::stats::Stats;
@@ -33,7 +35,7 @@ use crate::store::{MemoryStore, RedisStore, Store};
 use crate::tls::Tls;
 
 /// How long in-flight calls get to finish once the grace period is over.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = crate::serve::DRAIN_TIMEOUT;
 /// How often shutdown checks whether calls are still in flight.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
 /// How often histogram samples are folded into buckets.
@@ -172,7 +174,7 @@ impl Server {
             }
             None => None,
         };
-        let (grpc_listeners, grpc_addr) = bind_grpc(&settings, tls.as_ref().map(|(t, _)| t))?;
+        let (grpc_listeners, grpc_addr) = bind_grpc(&settings)?;
         let http_listener = bind_plain("HTTP", &settings.http.0, settings.http.1)?;
         let debug_listener = bind_plain("debug", &settings.debug.0, settings.debug.1)?;
         let http_addr = http_listener.local_addr().map_err(StartError::Io)?;
@@ -225,14 +227,7 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-fn bind_grpc(
-    settings: &Settings,
-    tls: Option<&Arc<Tls>>,
-) -> Result<(Vec<GrpcListener>, Option<SocketAddr>), StartError> {
-    let tcp = |l: std::net::TcpListener| match tls {
-        Some(tls) => GrpcListener::Tls(l, tls.clone()),
-        None => GrpcListener::Tcp(l),
-    };
+fn bind_grpc(settings: &Settings) -> Result<(Vec<GrpcListener>, Option<SocketAddr>), StartError> {
     match &settings.grpc {
         Listen::Unix(path) => {
             let shown = path.display().to_string();
@@ -258,10 +253,10 @@ fn bind_grpc(
             let first = reuseport_listener(addr).map_err(bind_error("gRPC", shown.clone()))?;
             // Port 0 picks a port once; every other worker binds that same port.
             let bound = first.local_addr().map_err(StartError::Io)?;
-            let mut listeners = vec![tcp(first)];
+            let mut listeners = vec![GrpcListener::Tcp(first)];
             for _ in 1..workers {
                 let l = reuseport_listener(bound).map_err(bind_error("gRPC", bound.to_string()))?;
-                listeners.push(tcp(l));
+                listeners.push(GrpcListener::Tcp(l));
             }
             Ok((listeners, Some(bound)))
         }
@@ -279,13 +274,22 @@ impl Started {
         let mut workers = Vec::new();
         let mut in_flight = Vec::new();
         let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
+        let limits = &settings.connection_limits;
+        let grpc_cap =
+            ConnectionCap::new("grpc", limits.grpc.max_connections, AcceptMetrics::new(&shared.stats, "grpc"));
+        let grpc_timeouts = TimeoutMetrics::new(&shared.stats, "grpc");
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
             let rls = RlsService::new(shared.limiter.clone(), index);
             in_flight.push(rls.in_flight());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let server = RateLimitServiceServer::new(rls);
-            let ready = runtime_tx.clone();
-            grpc::spawn_worker(index, listener, server, health_server.clone(), stop_rx.clone(), done_tx, ready)
+            let endpoint = Endpoint {
+                router: grpc::router(RateLimitServiceServer::new(rls), health_server.clone()),
+                protocol: Protocol::Grpc(limits.grpc.clone()),
+                tls: tls.as_ref().map(|(tls, _)| tls.clone()),
+                timeouts: grpc_timeouts.clone(),
+            };
+            let (cap, ready) = (grpc_cap.clone(), runtime_tx.clone());
+            grpc::spawn_worker(index, listener, endpoint, cap, stop_rx.clone(), done_tx, ready)
                 .map_err(StartError::Io)?;
             workers.push(done_rx);
         }
@@ -296,8 +300,11 @@ impl Started {
             reloader: shared.reloader.clone(),
             stats: shared.stats.clone(),
         };
-        let http = serve_http(http_listener, http::router(state.clone()), stop_rx.clone())?;
-        let debug = serve_http(debug_listener, http::debug_router(state), stop_rx.clone())?;
+        let (stats, http_limits) = (&shared.stats, &limits.http);
+        let http =
+            serve_http("http", http_listener, http::router(state.clone()), http_limits.clone(), stats, &stop_rx)?;
+        let debug =
+            serve_http("debug", debug_listener, http::debug_router(state), http_limits.clone(), stats, &stop_rx)?;
         let mut background = vec![
             tokio::spawn(config::reload::watch(shared.reloader.clone(), watching, stop_rx.clone())),
             tokio::spawn(upkeep_loop(shared.stats.clone(), stop_rx.clone())),
@@ -380,20 +387,21 @@ impl Started {
     }
 }
 
+/// Serves `router` on an HTTP listener (`name`: `http` or `debug`, in metrics and logs),
+/// which has a connection cap of its own.
 fn serve_http(
+    name: &'static str,
     listener: std::net::TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    limits: HttpLimits,
+    stats: &Stats,
+    stop: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Io)?;
-    Ok(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
-        }
-    }))
+    let cap = ConnectionCap::new(name, limits.max_connections, AcceptMetrics::new(stats, name));
+    let endpoint =
+        Endpoint { router, protocol: Protocol::Http1(limits), tls: None, timeouts: TimeoutMetrics::new(stats, name) };
+    Ok(tokio::spawn(crate::serve::serve(Incoming::new(listener, cap), endpoint, stop.clone())))
 }
 
 /// Folds histogram samples into buckets, so their memory stays bounded between scrapes.

@@ -1,11 +1,12 @@
 //! The gRPC front end: `RateLimitService` and `grpc.health.v1.Health` on tonic.
 //!
-//! Owns serving gRPC on worker threads. Each worker is a current-thread tokio runtime with
-//! its own listening socket on the shared port (`SO_REUSEPORT`, so the kernel spreads
-//! connections) and shares nothing with the others but the rule snapshot and the
-//! counters. On this hardware a tonic server on a current-thread runtime costs about half
-//! the CPU per call of the same server on a multi-thread runtime; the RLS is a sidecar
-//! whose CPU is the product, so that is the design.
+//! Owns serving gRPC on worker threads. Each worker is a current-thread tokio runtime
+//! with its own listening socket on the shared port (`SO_REUSEPORT`, so the kernel
+//! spreads connections) and shares nothing with the others but the rule snapshot, the
+//! counters and the connection cap. On this hardware a gRPC server on a current-thread
+//! runtime costs about half the CPU per call of the same server on a multi-thread
+//! runtime; the RLS is a sidecar whose CPU is the product, so that is the design. How
+//! connections are accepted, bounded and closed is [`crate::serve`]'s.
 //!
 //! The conversion to and from protos is the only logic here; decisions are `service`'s.
 
@@ -19,16 +20,15 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tokio::sync::watch;
 use tonic::server::NamedService;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::accept::{ConnectionCap, Incoming};
 use crate::health::Health;
+use crate::serve::{self, Endpoint};
 use crate::service::RateLimiter;
 use crate::store::Lane;
-use crate::tls::Tls;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`].
 ///
@@ -109,21 +109,28 @@ pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
 #[derive(Debug)]
 pub enum GrpcListener {
     Tcp(std::net::TcpListener),
-    /// TCP with TLS.
-    Tls(std::net::TcpListener, Arc<Tls>),
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// Runs a tonic server for `listener` on a new thread with its own current-thread
-/// runtime, until `stop` turns true; then stops accepting and lets open calls finish.
-/// `done` is signalled when the thread's server has fully stopped; `runtime` receives
-/// the worker's runtime handle as soon as it exists.
+/// The router of one worker: the rate limit service and gRPC health, as tonic routes them.
+pub fn router(
+    rls: RateLimitServiceServer<RlsService>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> axum::Router {
+    tonic::service::Routes::new(rls).add_service(health).prepare().into_axum_router()
+}
+
+/// Runs `endpoint` on `listener` on a new thread with its own current-thread runtime,
+/// until `stop` turns true; then stops accepting and lets open calls finish. Connections
+/// count against `cap`, which all workers share. `done` is signalled when the thread's
+/// server has fully stopped; `runtime_ready` receives the worker's runtime handle as soon
+/// as it exists.
 pub fn spawn_worker(
     index: usize,
     listener: GrpcListener,
-    rls: RateLimitServiceServer<RlsService>,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    mut stop: watch::Receiver<bool>,
+    endpoint: Endpoint,
+    cap: Arc<ConnectionCap>,
+    stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,
     runtime_ready: std::sync::mpsc::Sender<(usize, tokio::runtime::Handle)>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -139,46 +146,18 @@ pub fn spawn_worker(
         drop(runtime_ready); // the receiver waits for every worker's sender to go
 
         runtime.block_on(async move {
-            let stop_accepting = stop.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let router = Server::builder().add_service(rls).add_service(health);
-            let result = match listener {
+            // Registering with the reactor needs the runtime, so it happens here.
+            let unusable = match listener {
                 GrpcListener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => {
-                        let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-                        router.serve_with_incoming_shutdown(incoming, stopped).await
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = index, error = %e, "cannot use the gRPC listener");
-                        return;
-                    }
-                },
-                GrpcListener::Tls(l, tls) => match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => {
-                        let incoming = crate::tls::incoming(l, tls, stop_accepting);
-                        router.serve_with_incoming_shutdown(incoming, stopped).await
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = index, error = %e, "cannot use the gRPC listener");
-                        return;
-                    }
+                    Ok(l) => return serve::serve(Incoming::new(l, cap), endpoint, stop).await,
+                    Err(e) => e,
                 },
                 GrpcListener::Unix(l) => match tokio::net::UnixListener::from_std(l) {
-                    Ok(l) => {
-                        let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-                        router.serve_with_incoming_shutdown(incoming, stopped).await
-                    }
-                    Err(e) => {
-                        tracing::error!(worker = index, error = %e, "cannot use the gRPC unix listener");
-                        return;
-                    }
+                    Ok(l) => return serve::serve(Incoming::new(l, cap), endpoint, stop).await,
+                    Err(e) => e,
                 },
             };
-            if let Err(e) = result {
-                tracing::error!(worker = index, error = %e, "gRPC server stopped with an error");
-            }
+            tracing::error!(worker = index, error = %unusable, "cannot use the gRPC listener");
         });
         let _ = done.send(());
     })

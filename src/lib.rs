@@ -10,7 +10,8 @@
 //!
 //! - [`grpc`], [`http`], [`json`]: the front ends (tonic gRPC on per-core runtimes,
 //!   `/healthcheck` and `/json` on axum). Proto conversion only. [`tls`]: TLS and mTLS
-//!   for gRPC.
+//!   for gRPC. [`serve`] and [`accept`]: every listener's connections, and what a
+//!   client can cost (caps, timeouts, backoff on accept errors).
 //! - [`service`]: one `ShouldRateLimit` from request to response: validation, matching,
 //!   `replaces`, shadow and quota modes, headers, dynamic metadata.
 //! - [`rules`]: the compiled, immutable rule set and the matcher.
@@ -28,6 +29,7 @@
 //! - [`app`]: start-up and shutdown; [`signal`]: SIGTERM and SIGINT; [`logging`]: logs.
 //! - [`cli`]: the command line `main` parses.
 
+pub mod accept;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -39,6 +41,7 @@ pub mod json;
 pub mod limiter;
 pub mod logging;
 pub mod rules;
+pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod signal;

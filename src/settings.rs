@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::config::{ConfigSource, EmptyConfig, RuntimeLayout};
 use crate::limiter::Algorithm;
 use crate::rules::BuildOptions;
+use crate::serve::{ConnectionLimits, GrpcLimits, HttpLimits};
 use crate::service::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 use crate::stats::statsd::{Protocol, StatsdOptions};
 use crate::stats::{MIN_LABEL_BYTES, StatsOptions, ValueSeriesLimits};
@@ -57,6 +58,32 @@ pub const SPECS: &[Spec] = &[
     spec("GRPC_WORKERS", "0", "gRPC worker threads, each with its own runtime and listener (0: one per CPU)"),
     spec("DEBUG_HOST", "0.0.0.0", "Address of the debug listener (/rlconfig)"),
     spec("DEBUG_PORT", "6070", "Port of the debug listener (0 picks a free port)"),
+    spec(
+        "GRPC_MAX_CONNECTIONS",
+        "4096",
+        "Most open gRPC connections, all workers together; past it new ones wait in the listen backlog",
+    ),
+    spec("GRPC_MAX_CONCURRENT_STREAMS", "1024", "Most calls at once on one gRPC connection (HTTP/2 streams)"),
+    spec(
+        "GRPC_HANDSHAKE_TIMEOUT",
+        "10s",
+        "A gRPC connection must finish its TLS handshake and HTTP/2 preface within this",
+    ),
+    spec("GRPC_MAX_CONNECTION_IDLE", "15m", "Send GOAWAY to a gRPC connection without a call for this long (0: never)"),
+    spec("GRPC_MAX_CONNECTION_AGE", "24h", "Send GOAWAY to a gRPC connection at about this age, +/-10% (0: never)"),
+    spec("GRPC_MAX_CONNECTION_AGE_GRACE", "1h", "Then close it if it is still open this long after (0: never)"),
+    spec(
+        "HTTP_MAX_CONNECTIONS",
+        "1024",
+        "Most open connections on each of the HTTP and debug listeners; past it new ones wait in the listen backlog",
+    ),
+    spec(
+        "HTTP_HEADER_READ_TIMEOUT",
+        "10s",
+        "An HTTP request head must arrive within this of the accept or its first byte",
+    ),
+    spec("HTTP_IDLE_TIMEOUT", "60s", "Close a keep-alive HTTP connection that sends no request for this long"),
+    spec("HTTP_REQUEST_TIMEOUT", "30s", "Reading an HTTP request's body and answering it; past it, 408 and close"),
     spec("CONFIG_TYPE", "FILE", "Where rules come from; only FILE is supported"),
     spec("RUNTIME_ROOT", "/srv/runtime_data/current", "Runtime root directory (reference layout)"),
     spec("RUNTIME_SUBDIRECTORY", "", "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)"),
@@ -168,8 +195,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
     ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
     ("USE_DOG_STATSD", "not supported"),
-    ("GRPC_MAX_CONNECTION_AGE", "not supported"),
-    ("GRPC_MAX_CONNECTION_AGE_GRACE", "not supported"),
     ("TRACING_ENABLED", "not supported"),
     ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported; CONSUME=all_or_nothing is the exact version"),
     ("REDIS_PIPELINE_WINDOW", "every request is already one pipeline"),
@@ -278,6 +303,8 @@ pub struct Settings {
     pub grpc_tls: Option<TlsSettings>,
     pub http: (String, u16),
     pub debug: (String, u16),
+    /// What one client can cost: connection caps and timeouts of every listener.
+    pub connection_limits: ConnectionLimits,
     pub config_source: ConfigSource,
     /// `MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`, `CONFIG_MAX_RULES`.
     pub rules: BuildOptions,
@@ -446,6 +473,34 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The listeners' connection caps and timeouts.
+fn connection_limits(r: &mut Reader<'_>) -> ConnectionLimits {
+    let max_connections = |s: &str| match s.parse::<usize>() {
+        Ok(n @ 1..=1_000_000) => Ok(n),
+        _ => Err("expected a whole number from 1 to 1000000".to_string()),
+    };
+    // Go's gRPC servers read a zero age or idle time as "never"; so does the reference.
+    let zero_is_never = |s: &str| parse_duration(s).map(|d| (!d.is_zero()).then_some(d));
+    let grpc = GrpcLimits {
+        max_connections: r.parse("GRPC_MAX_CONNECTIONS", max_connections),
+        max_concurrent_streams: r.parse("GRPC_MAX_CONCURRENT_STREAMS", |s| match s.parse::<u32>() {
+            Ok(n @ 1..) => Ok(n),
+            _ => Err(format!("expected a whole number from 1 to {}", u32::MAX)),
+        }),
+        handshake_timeout: r.parse("GRPC_HANDSHAKE_TIMEOUT", parse_positive_duration),
+        max_connection_idle: r.parse("GRPC_MAX_CONNECTION_IDLE", zero_is_never),
+        max_connection_age: r.parse("GRPC_MAX_CONNECTION_AGE", zero_is_never),
+        max_connection_age_grace: r.parse("GRPC_MAX_CONNECTION_AGE_GRACE", zero_is_never),
+    };
+    let http = HttpLimits {
+        max_connections: r.parse("HTTP_MAX_CONNECTIONS", max_connections),
+        header_read_timeout: r.parse("HTTP_HEADER_READ_TIMEOUT", parse_positive_duration),
+        idle_timeout: r.parse("HTTP_IDLE_TIMEOUT", parse_positive_duration),
+        request_timeout: r.parse("HTTP_REQUEST_TIMEOUT", parse_positive_duration),
+    };
+    ConnectionLimits { grpc, http }
+}
+
 /// The Redis settings (`BACKEND_TYPE=redis`).
 fn redis_options(r: &mut Reader<'_>, failure_policy: FailurePolicy) -> RedisOptions {
     let tls_files = RedisTls {
@@ -596,6 +651,7 @@ impl Settings {
         };
         let http = (r.string("HOST"), r.parse("PORT", parse_port));
         let debug = (r.string("DEBUG_HOST"), r.parse("DEBUG_PORT", parse_port));
+        let connection_limits = connection_limits(&mut r);
 
         r.parse("CONFIG_TYPE", |s| match s.to_ascii_uppercase().as_str() {
             "FILE" => Ok(()),
@@ -761,6 +817,7 @@ impl Settings {
             grpc_tls,
             http,
             debug,
+            connection_limits,
             config_source,
             rules,
             force_start_without_initial_config,
@@ -1034,6 +1091,50 @@ mod tests {
                 "STATS_MAX_VALUE_SERIES=\"0\" is not valid: expected a whole number of at least 1",
                 "STATS_MAX_VALUE_SERIES_BYTES=\"1MiB\" is not valid: expected a whole number of at least 1",
                 "STATS_MAX_VALUE_LABEL_BYTES=\"31\" is not valid: expected a whole number of at least 32",
+            ]
+        );
+    }
+
+    #[test]
+    fn connection_limits_default_safely_and_zero_ages_mean_never() {
+        let limits = parse(&[]).unwrap().connection_limits;
+        assert_eq!((limits.grpc.max_connections, limits.grpc.max_concurrent_streams), (4096, 1024));
+        assert_eq!(limits.grpc.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.grpc.max_connection_idle, Some(Duration::from_secs(15 * 60)));
+        assert_eq!(limits.grpc.max_connection_age, Some(Duration::from_secs(24 * 3600)), "the reference's default");
+        assert_eq!(limits.grpc.max_connection_age_grace, Some(Duration::from_secs(3600)), "the reference's default");
+        assert_eq!(limits.http.max_connections, 1024);
+        let http = (limits.http.header_read_timeout, limits.http.idle_timeout, limits.http.request_timeout);
+        assert_eq!(http, (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(30)));
+
+        let s = parse(&[("GRPC_MAX_CONNECTION_AGE", "0"), ("GRPC_MAX_CONNECTION_IDLE", "0")]).unwrap();
+        assert_eq!(
+            (s.connection_limits.grpc.max_connection_age, s.connection_limits.grpc.max_connection_idle),
+            (None, None)
+        );
+        assert!(s.warnings.is_empty(), "no longer ignored: {:?}", s.warnings);
+    }
+
+    #[test]
+    fn bad_connection_limits_are_named() {
+        let err = parse(&[
+            ("GRPC_MAX_CONNECTIONS", "0"),
+            ("GRPC_MAX_CONCURRENT_STREAMS", "-1"),
+            ("GRPC_HANDSHAKE_TIMEOUT", "0"),
+            ("GRPC_MAX_CONNECTION_AGE", "a day"),
+            ("HTTP_MAX_CONNECTIONS", "2000000"),
+            ("HTTP_IDLE_TIMEOUT", "60"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "GRPC_MAX_CONNECTIONS=\"0\" is not valid: expected a whole number from 1 to 1000000",
+                "GRPC_MAX_CONCURRENT_STREAMS=\"-1\" is not valid: expected a whole number from 1 to 4294967295",
+                "GRPC_HANDSHAKE_TIMEOUT=\"0\" is not valid: expected a duration above zero",
+                "GRPC_MAX_CONNECTION_AGE=\"a day\" is not valid: expected a duration such as 500ms, 10s or 1h30m, not \"a day\"",
+                "HTTP_MAX_CONNECTIONS=\"2000000\" is not valid: expected a whole number from 1 to 1000000",
+                "HTTP_IDLE_TIMEOUT=\"60\" is not valid: expected a duration such as 500ms, 10s or 1h30m, not \"60\"",
             ]
         );
     }

@@ -7,12 +7,11 @@
 //! certificate serves new connections within about a second with no restart; a rotation
 //! that does not load (a half-written file) keeps the previous one and logs why.
 //!
-//! Each connection is handshaken on the worker that accepted it, off the accept loop, and
-//! only finished TLS streams reach the gRPC server.
+//! Each connection is handshaken by its own task on the worker that accepted it, within
+//! `GRPC_HANDSHAKE_TIMEOUT` (see [`crate::serve`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
@@ -25,9 +24,6 @@ use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifie
 use tokio_rustls::rustls::{self, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::config::reload::Watching;
-
-/// A handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the certificates are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,44 +201,4 @@ pub async fn watch(tls: Arc<Tls>, mut watching: Watching, mut stop: watch::Recei
         let _ = tokio::task::spawn_blocking(move || t.reload()).await;
         watching.rearm();
     }
-}
-
-/// Accepts connections on `listener` and hands finished TLS streams to the gRPC server,
-/// until `stop` turns true.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-    tls: Arc<Tls>,
-    mut stop: watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a gRPC connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

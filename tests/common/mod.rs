@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod raw_grpc;
 pub mod redis_server;
 pub mod test_ca;
 
@@ -146,6 +147,16 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// The value of the series `name` with `labels` (among others) in the Prometheus text
+/// served at `addr`'s `/metrics`, if it is there.
+pub async fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (_, text) = http(addr, "GET", "/metrics", "").await;
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Running the built binary.
