@@ -1,6 +1,7 @@
 //! `/json` request bodies through `json::parse_request`, then through the service.
 //!
-//! Invariants: an error is one non-empty line; a request that parses prints back (as
+//! Invariants: an error is one non-empty line naming the field at fault or the position
+//! of the JSON syntax error; a request that parses prints back (as
 //! proto3 JSON, every field set) to a body that parses to the same request; and the
 //! parsed request, decided against the `decide` target's rules, gets an answer or
 //! `INVALID_ARGUMENT`, never `UNAVAILABLE` or a panic.
@@ -14,6 +15,11 @@ pub fn check(data: &[u8]) {
     let request = match parse_request(data) {
         Err(message) => {
             assert!(!message.is_empty() && !message.contains('\n'), "not one line: {message:?}");
+            // It names where: a field path, or the JSON parser's line and column.
+            let names_where = ["the request", "domain ", "descriptors", "hitsAddend", " at line "]
+                .iter()
+                .any(|w| message.contains(w));
+            assert!(names_where, "the error names no field or position: {message:?}");
             return;
         }
         Ok(request) => request,
