@@ -68,7 +68,7 @@ impl Run {
             server.grpc,
             &[&args[..], &["--domain", "bench", "--key", "user", "--duration", "3600"]].concat(),
         );
-        load.wait_for_calls(50, Duration::from_secs(10));
+        poll_until("the load runs", Duration::from_secs(10), async || load.total().calls >= 50).await;
         Run { policy, load, client, phase: Duration::from_secs(env_or("CHAOS_PHASE_SECONDS", 3)) }
     }
 
