@@ -12,11 +12,18 @@
 //!
 //! It runs on one current-thread runtime, so pin it to a core of its own
 //! (`taskset -c 1 ...`) and the server to another.
+//!
+//! For soak and chaos runs (`tests/soak.rs`, `tests/chaos.rs`): `--rate` paces the calls
+//! to a steady total rate, `--report-every` prints one line per interval (calls, answers
+//! by kind, the slowest call) so a harness can tell phases apart, and `--timeout` bounds
+//! each call on the client side (a call past it counts as `deadline`).
 
 /// The same allocator as the `sluicegate` binary, so the comparison is like for like.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -40,12 +47,17 @@ struct Options {
     /// Another process whose CPU per call to report (Redis).
     backend_pid: Option<u32>,
     label: String,
+    /// Calls per second in total, 0 for as fast as possible.
+    rate: f64,
+    report_every: Option<Duration>,
+    timeout: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --target HOST:PORT [--concurrency 64] [--connections 4] [--keys 100000] \
-         [--duration 10] [--warmup 2] [--domain bench] [--key user] [--server-pid PID] [--backend-pid PID] [--label NAME]"
+         [--duration 10] [--warmup 2] [--domain bench] [--key user] [--server-pid PID] [--backend-pid PID] [--label NAME] \
+         [--rate CALLS_PER_SEC] [--report-every SECS] [--timeout SECS]"
     );
     std::process::exit(64)
 }
@@ -63,6 +75,9 @@ fn parse_options() -> Options {
         server_pid: None,
         backend_pid: None,
         label: "run".into(),
+        rate: 0.0,
+        report_every: None,
+        timeout: Duration::from_secs(30),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -80,6 +95,11 @@ fn parse_options() -> Options {
             "--server-pid" => o.server_pid = Some(number() as u32),
             "--backend-pid" => o.backend_pid = Some(number() as u32),
             "--label" => o.label = value.clone(),
+            "--rate" => o.rate = value.parse().unwrap_or_else(|_| usage()),
+            "--report-every" => {
+                o.report_every = Some(Duration::from_secs_f64(value.parse().unwrap_or_else(|_| usage())))
+            }
+            "--timeout" => o.timeout = Duration::from_secs_f64(value.parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -106,18 +126,67 @@ struct Tally {
     errors: u64,
 }
 
+/// One reporting interval, shared by the workers and the reporter. Counts every call,
+/// warm-up included: a harness reading these lines wants every answer.
+#[derive(Default)]
+struct Interval {
+    ok: AtomicU64,
+    over: AtomicU64,
+    unavailable: AtomicU64,
+    deadline: AtomicU64,
+    other: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Interval {
+    fn record(&self, result: &Result<bool, tonic::Code>, micros: u64) {
+        let counter = match result {
+            Ok(true) => &self.ok,
+            Ok(false) => &self.over,
+            Err(tonic::Code::Unavailable) => &self.unavailable,
+            Err(tonic::Code::DeadlineExceeded) => &self.deadline,
+            Err(_) => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// `interval t=<s since start> calls= ok= over= unavailable= deadline=
+    /// other= max_us=`, and resets the counts.
+    fn report(&self, since: Instant) {
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        let (ok, over, unavailable) = (take(&self.ok), take(&self.over), take(&self.unavailable));
+        let (deadline, other, max_us) = (take(&self.deadline), take(&self.other), take(&self.max_us));
+        println!(
+            "interval t={:.3} calls={} ok={ok} over={over} unavailable={unavailable} \
+             deadline={deadline} other={other} max_us={max_us}",
+            since.elapsed().as_secs_f64(),
+            ok + over + unavailable + deadline + other,
+        );
+    }
+}
+
 async fn worker(
     mut client: RateLimitServiceClient<Channel>,
     worker: u64,
     stride: u64,
-    o: std::sync::Arc<Options>,
+    o: Arc<Options>,
+    interval: Arc<Interval>,
     measure_from: Instant,
     until: Instant,
 ) -> (Histogram<u64>, Tally) {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut tally = Tally::default();
     let mut n = worker;
+    // With --rate, this worker's k-th call is due at k * concurrency / rate after start.
+    let paced_from = Instant::now();
+    let mut k = 0u64;
     loop {
+        if o.rate > 0.0 {
+            let due = paced_from + Duration::from_secs_f64(k as f64 * o.concurrency as f64 / o.rate);
+            k += 1;
+            tokio::time::sleep_until(due.into()).await;
+        }
         let started = Instant::now();
         if started >= until {
             break;
@@ -131,14 +200,20 @@ async fn worker(
             hits_addend: 0,
         };
         n += stride;
-        let result = client.should_rate_limit(request).await;
+        let result = match tokio::time::timeout(o.timeout, client.should_rate_limit(request)).await {
+            Ok(Ok(r)) => Ok(r.get_ref().overall_code == Code::Ok as i32),
+            Ok(Err(status)) => Err(status.code()),
+            Err(_) => Err(tonic::Code::DeadlineExceeded),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        interval.record(&result, micros);
         if started < measure_from {
             continue;
         }
-        let _ = histogram.record(started.elapsed().as_micros() as u64);
+        let _ = histogram.record(micros);
         match result {
-            Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => tally.ok += 1,
-            Ok(_) => tally.over += 1,
+            Ok(true) => tally.ok += 1,
+            Ok(false) => tally.over += 1,
             Err(_) => tally.errors += 1,
         }
     }
@@ -146,7 +221,7 @@ async fn worker(
 }
 
 fn main() {
-    let o = std::sync::Arc::new(parse_options());
+    let o = Arc::new(parse_options());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let mut channels = Vec::new();
@@ -157,12 +232,24 @@ fn main() {
         let start = Instant::now();
         let measure_from = start + o.warmup;
         let until = measure_from + o.duration;
+        let interval = Arc::new(Interval::default());
         let tasks: Vec<_> = (0..o.concurrency)
             .map(|i| {
                 let client = RateLimitServiceClient::new(channels[i % channels.len()].clone());
-                tokio::spawn(worker(client, i as u64, o.concurrency as u64, o.clone(), measure_from, until))
+                let (o, interval) = (o.clone(), interval.clone());
+                tokio::spawn(worker(client, i as u64, o.concurrency as u64, o, interval, measure_from, until))
             })
             .collect();
+        let reporter = o.report_every.map(|every| {
+            let interval = interval.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval_at((start + every).into(), every);
+                loop {
+                    ticks.tick().await;
+                    interval.report(start);
+                }
+            })
+        });
         tokio::time::sleep_until(measure_from.into()).await;
         let cpu_before = o.server_pid.map(cpu_nanos);
         let backend_before = o.backend_pid.map(cpu_nanos);
@@ -177,6 +264,10 @@ fn main() {
             total.errors += tally.errors;
         }
         let wall = wall_before.elapsed().as_secs_f64();
+        if let Some(reporter) = reporter {
+            reporter.abort();
+            interval.report(start);
+        }
         let cpu_after = o.server_pid.map(cpu_nanos);
         let backend_after = o.backend_pid.map(cpu_nanos);
         let calls = total.ok + total.over + total.errors;

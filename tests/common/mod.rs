@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod load;
 pub mod raw_grpc;
 pub mod redis_server;
 pub mod test_ca;
