@@ -9,16 +9,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use sluicegate::clock::{Clock, FakeClock, Nanos};
-use sluicegate::config::load_texts;
 use sluicegate::limiter::{Algorithm, LimitParams, Unit};
 use sluicegate::rules::{LimitRegistry, RuleSet};
-use sluicegate::service::{RateLimiter, ServiceOptions};
+use sluicegate::service::{Active, RateLimiter, ServiceOptions};
+use sluicegate::snapshot::load_texts;
 use sluicegate::stats::{Stats, StatsOptions};
 use sluicegate::store::key::{LimitIdentity, encode};
 use sluicegate::store::{MemoryStore, Store};
@@ -171,9 +170,7 @@ fn limiter_with(distinct: u64, stats_disabled: bool) -> (RateLimiter, Vec<RateLi
     let store = Store::Memory(Arc::new(MemoryStore::new(registry, 4_000_000)));
     let clock: Clock = FakeClock::at_secs(3600).into();
     let stats = Stats::new(StatsOptions { disabled: stats_disabled, near_limit_ratio: 0.8, ..StatsOptions::default() });
-    let limiter =
-        RateLimiter::new(Arc::new(ArcSwapOption::from_pointee(snapshot)), store, clock, ServiceOptions::default())
-            .with_stats(stats);
+    let limiter = RateLimiter::new(Active::shared(snapshot), store, clock, ServiceOptions::default()).with_stats(stats);
     let descriptor = |pairs: &[(&str, &str)]| RateLimitDescriptor { entries: entries(pairs), ..Default::default() };
     let request = |descriptors| RateLimitRequest { domain: "bench".into(), descriptors, hits_addend: 0 };
     let one: Vec<RateLimitRequest> = (0..distinct)

@@ -61,9 +61,10 @@ fn main() {
         protocol: Protocol::Grpc(limits),
         tls: None,
         timeouts: TimeoutMetrics::new(&stats, "grpc"),
+        calls: Default::default(),
     };
     // Never stops: the benchmark kills it.
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop = sluicegate::signal::Shutdown::never();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         eprintln!("noop RLS listening on {}", listener.local_addr().expect("address"));

@@ -13,10 +13,11 @@ use std::process::ExitCode;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::app::Server;
-use crate::config::{self, ConfigSource, EmptyConfig};
+use crate::config::{ConfigSource, EmptyConfig};
 use crate::limiter::{Algorithm, LimitParams};
 use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
 use crate::settings::{Env, SPECS, Settings, WithFlags, build_options, empty_config, flag_name};
+use crate::snapshot;
 
 /// `EX_USAGE`: the command line or a setting is invalid.
 pub const EXIT_USAGE: u8 = 64;
@@ -169,7 +170,7 @@ fn validate(matches: &ArgMatches) -> ExitCode {
     };
     let paths: Vec<PathBuf> = matches.get_many::<PathBuf>("paths").map(|v| v.cloned().collect()).unwrap_or_default();
     let source = ConfigSource::Paths(paths);
-    match config::load_with(&source, &options, &LimitRegistry::new(), 1, empty) {
+    match snapshot::load_with(&source, &options, &LimitRegistry::new(), 1, empty) {
         Ok(snapshot) => {
             if !snapshot.warnings.0.is_empty() {
                 println!("{}", snapshot.warnings);
@@ -204,7 +205,7 @@ fn explain(matches: &ArgMatches) -> ExitCode {
         Err(code) => return code,
     };
     let paths: Vec<PathBuf> = matches.get_many::<PathBuf>("config").map(|v| v.cloned().collect()).unwrap_or_default();
-    let snapshot = match config::load(&ConfigSource::Paths(paths), &options, &LimitRegistry::new(), 1) {
+    let snapshot = match snapshot::load(&ConfigSource::Paths(paths), &options, &LimitRegistry::new(), 1) {
         Ok(s) => s,
         Err(diags) => {
             println!("{diags}");

@@ -93,6 +93,13 @@ fn system_now() -> Nanos {
     SystemTime::now().duration_since(UNIX_EPOCH).map(Nanos::from).unwrap_or_default()
 }
 
+/// When something happened, for operators to read (`/debug/config`, log lines): the wall
+/// clock as a `SystemTime`, not the decision clock, which tests may hold still.
+#[allow(clippy::disallowed_methods)] // the other sanctioned read of the wall clock
+pub fn wall_clock_now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// A manually driven clock. Clones share the same time, so a test keeps one clone and
 /// hands another to the code under test.
 #[derive(Clone, Debug, Default)]

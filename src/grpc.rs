@@ -11,14 +11,12 @@
 //! The conversion to and from protos is the only logic here; decisions are `service`'s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
@@ -28,17 +26,15 @@ use crate::accept::{ConnectionCap, Incoming};
 use crate::health::Health;
 use crate::serve::{self, Endpoint};
 use crate::service::RateLimiter;
+use crate::signal::Shutdown;
 use crate::store::Lane;
 
-/// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`].
-///
-/// Each worker has its own, with its own count of calls in flight (so counting them
-/// costs no cross-core traffic); shutdown waits for those counts, not for clients to hang
-/// up their idle connections.
+/// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`]. Each
+/// worker has its own, so its calls go to its own lane of backend connections. (Calls in
+/// flight are counted for the drain by the worker's endpoint, `serve::CallsInFlight`.)
 #[derive(Clone, Debug)]
 pub struct RlsService {
     limiter: Arc<RateLimiter>,
-    in_flight: Arc<AtomicUsize>,
     /// This worker's lane: per-runtime backend connections are picked by it.
     lane: Lane,
 }
@@ -46,21 +42,7 @@ pub struct RlsService {
 impl RlsService {
     /// The service of gRPC worker `worker`.
     pub fn new(limiter: Arc<RateLimiter>, worker: usize) -> Self {
-        RlsService { limiter, in_flight: Arc::new(AtomicUsize::new(0)), lane: Lane::Worker(worker) }
-    }
-
-    /// Calls being answered right now by this worker.
-    pub fn in_flight(&self) -> Arc<AtomicUsize> {
-        self.in_flight.clone()
-    }
-}
-
-/// Decrements a worker's in-flight count when a call ends, however it ends.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        RlsService { limiter, lane: Lane::Worker(worker) }
     }
 }
 
@@ -70,8 +52,6 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.in_flight.fetch_add(1, Ordering::Acquire);
-        let _in_flight = InFlight(&self.in_flight);
         let stats = self.limiter.stats();
         let started = stats.enabled().then(std::time::Instant::now);
         let result = self.limiter.should_rate_limit_on(request.get_ref(), self.lane).await;
@@ -130,7 +110,7 @@ pub fn spawn_worker(
     listener: GrpcListener,
     endpoint: Endpoint,
     cap: Arc<ConnectionCap>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     done: tokio::sync::oneshot::Sender<()>,
     runtime_ready: std::sync::mpsc::Sender<(usize, tokio::runtime::Handle)>,
 ) -> std::io::Result<JoinHandle<()>> {

@@ -28,9 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
-use crate::config::reload::Reloader;
 use crate::health::Health;
 use crate::service::{RateLimiter, ServiceError};
+use crate::snapshot::Reloader;
 use crate::stats::Stats;
 
 #[derive(Clone, Debug)]
@@ -120,9 +120,9 @@ fn backend_state(store: &crate::store::Store) -> serde_json::Value {
 
 async fn debug_config(State(state): State<HttpState>) -> Response {
     use std::sync::atomic::Ordering;
-    let snapshot = state.reloader.config.load();
+    let active = state.limiter.config().load();
     let status = &state.reloader.status;
-    let loaded = snapshot.as_deref().map(|s| {
+    let loaded = active.as_deref().map(|active| &active.snapshot).map(|s| {
         serde_json::json!({
             "version": s.version,
             "loaded_at": rfc3339(s.loaded_at),
@@ -208,8 +208,8 @@ async fn rlconfig(State(state): State<HttpState>) -> Response {
 /// quota_mode: <bool>` for every rule with a limit, by domain then file order.
 pub fn rlconfig_text(limiter: &RateLimiter) -> String {
     let mut out = String::new();
-    let snapshot = limiter.config().load();
-    let Some(snapshot) = snapshot.as_deref() else {
+    let active = limiter.config().load();
+    let Some(snapshot) = active.as_deref().map(|active| &active.snapshot) else {
         return out;
     };
     for domain in snapshot.rules.domains() {

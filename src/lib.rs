@@ -22,7 +22,9 @@
 //! Around them:
 //!
 //! - [`config`]: finding, reading and checking rule files (every error with
-//!   `file:line:col`) into a [`config::ConfigSnapshot`].
+//!   `file:line:col`) into documents, which [`rules`] compiles.
+//! - [`snapshot`]: the live rule set: a load of every file into a
+//!   [`snapshot::ConfigSnapshot`], put in force whole, reloaded on change ([`watch`]).
 //! - [`settings`]: the reference's environment variables, each also a flag.
 //! - [`health`]: the components behind `/healthcheck` and gRPC health.
 //! - [`stats`]: the reference's stats as Prometheus metrics (and statsd).
@@ -45,6 +47,8 @@ pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod signal;
+pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod watch;

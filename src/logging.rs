@@ -86,7 +86,7 @@ where
         let mut fields = Fields::default();
         event.record(&mut fields);
         let mut line = serde_json::Map::new();
-        line.insert("@timestamp".into(), crate::http::rfc3339(crate::config::reload::wall_clock_now()).into());
+        line.insert("@timestamp".into(), crate::http::rfc3339(crate::clock::wall_clock_now()).into());
         line.insert("level".into(), logrus_level(event.metadata().level()).into());
         line.insert("@message".into(), fields.message.into());
         line.insert("logger".into(), event.metadata().target().into());

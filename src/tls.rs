@@ -8,7 +8,7 @@
 //! that does not load (a half-written file) keeps the previous one and logs why.
 //!
 //! Each connection is handshaken by its own task on the worker that accepted it, within
-//! `GRPC_HANDSHAKE_TIMEOUT` (see [`crate::serve`]).
+//! `GRPC_HANDSHAKE_TIMEOUT` (bounded where connections are served).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +17,12 @@ use arc_swap::ArcSwap;
 use notify::RecursiveMode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::sync::watch;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::{self, DistinguishedName, ServerConfig, SignatureScheme};
 
-use crate::config::reload::Watching;
+use crate::watch::Watching;
 
 /// Where the certificates are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,14 +190,5 @@ impl Tls {
             dirs.dedup();
             dirs
         }))
-    }
-}
-
-/// Reloads the certificates on every change, until `stop` turns true.
-pub async fn watch(tls: Arc<Tls>, mut watching: Watching, mut stop: watch::Receiver<bool>) {
-    while watching.changed(&mut stop).await {
-        let t = tls.clone();
-        let _ = tokio::task::spawn_blocking(move || t.reload()).await;
-        watching.rearm();
     }
 }

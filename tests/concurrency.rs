@@ -147,7 +147,6 @@ async fn in_flight_grpc_calls_on_several_connections_admit_exactly_the_limit() {
 /// request has left a hit on either counter.
 #[test]
 fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
-    use arc_swap::ArcSwapOption;
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
     use sluicegate::clock::FakeClock;
     use sluicegate::service::{Consume, RateLimiter, ServiceOptions};
@@ -161,9 +160,9 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
             default_algorithm: sluicegate::limiter::Algorithm::parse(algorithm).unwrap(),
             ..Default::default()
         };
-        let snapshot = sluicegate::config::load_texts_with(&[("d.yaml", rules)], &options, &registry).unwrap();
+        let snapshot = sluicegate::snapshot::load_texts_with(&[("d.yaml", rules)], &options, &registry).unwrap();
         let limiter = Arc::new(RateLimiter::new(
-            Arc::new(ArcSwapOption::from_pointee(snapshot)),
+            sluicegate::service::Active::shared(snapshot),
             Store::Memory(Arc::new(MemoryStore::new(registry, 1000))),
             FakeClock::at_secs(7200).into(),
             ServiceOptions { consume: Consume::AllOrNothing, ..ServiceOptions::default() },

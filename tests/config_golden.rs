@@ -8,14 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
-use sluicegate::config::{self, ConfigSource};
+use sluicegate::config::ConfigSource;
 use sluicegate::rules::{BuildOptions, LimitRegistry};
+use sluicegate::snapshot;
 
 const FIXTURES: &str = "tests/fixtures/config";
 
 fn load(path: &Path) -> Result<String, String> {
     let source = ConfigSource::Paths(vec![path.to_path_buf()]);
-    match config::load(&source, &BuildOptions::default(), &LimitRegistry::new(), 1) {
+    match snapshot::load(&source, &BuildOptions::default(), &LimitRegistry::new(), 1) {
         Ok(snapshot) => Ok(snapshot.warnings.to_string()),
         Err(diags) => Err(diags.to_string()),
     }
@@ -132,7 +133,7 @@ fn every_yaml_example_in_the_docs_loads() {
         for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
             let yaml = block.split("```").next().unwrap();
             let name = format!("{doc} yaml block {}", i + 1);
-            match config::load_texts(&[(&name, yaml)], false, &LimitRegistry::new()) {
+            match snapshot::load_texts(&[(&name, yaml)], false, &LimitRegistry::new()) {
                 Ok(snapshot) => assert!(snapshot.warnings.0.is_empty(), "{name} warns:\n{}", snapshot.warnings),
                 Err(e) => panic!("{name} does not load:\n{e}\n---\n{yaml}"),
             }

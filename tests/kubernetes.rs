@@ -6,7 +6,6 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_norway::Value;
-use sluicegate::config;
 use sluicegate::rules::LimitRegistry;
 use sluicegate::settings::parse_duration;
 
@@ -60,7 +59,8 @@ fn the_rules_configmap_loads_like_sluicegate_validate() {
     let files: Vec<(String, String)> =
         data.iter().map(|(k, v)| (str_of(k).to_string(), str_of(v).to_string())).collect();
     let texts: Vec<(&str, &str)> = files.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let snapshot = config::load_texts(&texts, false, &LimitRegistry::new()).unwrap_or_else(|e| panic!("{e}"));
+    let snapshot =
+        sluicegate::snapshot::load_texts(&texts, false, &LimitRegistry::new()).unwrap_or_else(|e| panic!("{e}"));
     assert!(snapshot.warnings.0.is_empty(), "{}", snapshot.warnings);
     assert!(snapshot.rules.domain("webapp").is_some());
 }

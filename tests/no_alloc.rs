@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use sluicegate::clock::Nanos;
-use sluicegate::config::load_texts;
 use sluicegate::rules::LimitRegistry;
+use sluicegate::snapshot::load_texts;
 use sluicegate::store::key::LimitIdentity;
 use sluicegate::store::{Counter, MemoryStore};
 

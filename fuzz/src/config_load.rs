@@ -1,4 +1,4 @@
-//! Rule file bytes through the loader (`config::read_text` and `config::load_texts_with`).
+//! Rule file bytes through the loader (`config::read_text` and `snapshot::load_texts_with`).
 //!
 //! The input is up to four files separated by NUL bytes (NUL cannot appear in YAML); the
 //! first byte chooses `MERGE_DOMAIN_CONFIG`. Invariants:
@@ -11,12 +11,12 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
 use sluicegate::clock::FakeClock;
 use sluicegate::config::diag::Diagnostics;
-use sluicegate::config::{ConfigSnapshot, load_texts_with, read_text};
+use sluicegate::config::read_text;
+use sluicegate::snapshot::{ConfigSnapshot, load_texts_with};
 use sluicegate::http::rlconfig_text;
 use sluicegate::rules::{BuildOptions, LimitRegistry};
 use sluicegate::service::{RateLimiter, ServiceOptions};
@@ -143,6 +143,6 @@ fn value(v: &Value) -> String {
 fn rlconfig(snapshot: ConfigSnapshot) -> String {
     let registry = Arc::new(LimitRegistry::new());
     let store = Store::Memory(Arc::new(MemoryStore::new(registry, 16)));
-    let config = Arc::new(ArcSwapOption::from_pointee(snapshot));
+    let config = sluicegate::service::Active::shared(snapshot);
     rlconfig_text(&RateLimiter::new(config, store, FakeClock::at_secs(3600).into(), ServiceOptions::default()))
 }

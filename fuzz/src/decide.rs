@@ -17,14 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use sluicegate::clock::FakeClock;
-use sluicegate::config::load_texts;
+use sluicegate::snapshot::load_texts;
 use sluicegate::limiter::{Algorithm, LimitParams};
 use sluicegate::rules::{LimitRegistry, RuleSet};
 use sluicegate::service::{Consume, RateLimiter, ServiceError, ServiceOptions, SharedConfig};
@@ -122,7 +121,7 @@ fn fixture() -> &'static Fixture {
         let registry = Arc::new(LimitRegistry::new());
         let snapshot = load_texts(&[("fuzz.yaml", RULES)], false, &registry).expect("the fuzz rules load");
         let stats = Stats::new(StatsOptions { near_limit_ratio: 0.8, ..StatsOptions::default() });
-        Fixture { registry, config: Arc::new(ArcSwapOption::from_pointee(snapshot)), stats }
+        Fixture { registry, config: sluicegate::service::Active::shared(snapshot), stats }
     })
 }
 

@@ -193,8 +193,8 @@ pub(super) fn open_regular(path: &Path, diags: &mut Diagnostics) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load;
     use crate::rules::{BuildOptions, LimitRegistry};
+    use crate::snapshot::load;
     use std::time::Duration;
 
     fn temp_dir(name: &str) -> PathBuf {

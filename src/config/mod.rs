@@ -1,29 +1,25 @@
-//! Rule files: where they come from, how they are read, and what a load produces.
+//! Rule files: where they come from and how they are read.
 //!
-//! Owns finding the files (`--config` paths or the reference's `RUNTIME_*` layout),
-//! reading them with their limits (size, UTF-8, nesting), and turning them into one
-//! [`ConfigSnapshot`]: an immutable rule set plus what operators need to see about it.
-//! A load either succeeds as a whole or fails with every error of every file; it never
-//! half-applies. Finding and opening the files (regular files only, never blocking on
-//! a FIFO) is `files.rs`; YAML parsing stays inside `yaml.rs` and `schema.rs`.
+//! Owns finding the files (`--config` paths or the reference's `RUNTIME_*` layout) and
+//! reading them with their limits (size, UTF-8, nesting) into checked domain documents
+//! ([`schema::DomainDoc`]), every problem a [`diag::Diagnostic`] with its position.
+//! Finding and opening the files (regular files only, never blocking on a FIFO) is
+//! `files.rs`; YAML parsing stays inside `yaml.rs` and `schema.rs`. Compiling the
+//! documents is `rules`'; a whole load is `snapshot`'s.
 
 pub mod diag;
 mod files;
 pub mod limit_string;
-pub mod reload;
 pub mod schema;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use diag::{Diagnostic, Diagnostics};
 pub use files::discover;
 use files::{open_regular, path_name};
 use yaml::Pos;
-
-use crate::rules::{self, BuildOptions, LimitRegistry, RuleSet};
 
 /// The largest rule file accepted. Real rule files are kilobytes; this bounds the memory
 /// and time a mistaken or hostile file can cost.
@@ -41,7 +37,7 @@ pub enum ConfigSource {
 
 impl ConfigSource {
     /// How diagnostics about the whole source name it.
-    fn name(&self) -> Arc<str> {
+    pub fn name(&self) -> Arc<str> {
         match self {
             ConfigSource::Paths(paths) => {
                 Arc::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","))
@@ -81,24 +77,6 @@ impl RuntimeLayout {
     }
 }
 
-/// A successfully loaded rule set and what operators need to know about it.
-#[derive(Debug)]
-pub struct ConfigSnapshot {
-    pub rules: RuleSet,
-    pub files: Vec<LoadedFile>,
-    /// Warnings of the load (known keys in the wrong place, duplicate mapping keys).
-    pub warnings: Diagnostics,
-    pub loaded_at: SystemTime,
-    /// Counts successful loads in this process, starting at 1.
-    pub version: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadedFile {
-    pub path: Arc<str>,
-    pub domains: Vec<String>,
-}
-
 /// Reads and checks one file's text into its domain documents.
 pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<schema::DomainDoc> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -127,7 +105,7 @@ pub fn read_text(file: &Arc<str>, bytes: &[u8], diags: &mut Diagnostics) -> Vec<
 }
 
 /// Reads one rule file into its domain documents; `None` if it was skipped.
-fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<(Arc<str>, Vec<schema::DomainDoc>)> {
+pub fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<(Arc<str>, Vec<schema::DomainDoc>)> {
     use std::io::Read;
     let name = path_name(path);
     let mut bytes = Vec::new();
@@ -153,113 +131,4 @@ fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<(Arc<str>, Vec<sche
     }
     let docs = read_text(&name, &bytes, diags);
     Some((name, docs))
-}
-
-/// Loads every file of `source` into a snapshot, or fails with every error found.
-/// Warnings of a successful load are in the snapshot; a load with no domain warns.
-pub fn load(
-    source: &ConfigSource,
-    options: &BuildOptions,
-    registry: &LimitRegistry,
-    version: u64,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    load_with(source, options, registry, version, EmptyConfig::Warn)
-}
-
-/// As [`load`], with a load that finds no domain warned about or refused.
-pub fn load_with(
-    source: &ConfigSource,
-    options: &BuildOptions,
-    registry: &LimitRegistry,
-    version: u64,
-    empty: EmptyConfig,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    let mut snapshot = read_source(source, options, registry, version)?;
-    if snapshot.rules.domains().is_empty() {
-        let name = source.name();
-        match empty {
-            EmptyConfig::Warn => snapshot.warnings.push(Diagnostic::warning(
-                &name,
-                Pos::START,
-                "no rule file defines a domain: every request is answered OK, with no limit \
-                 (CONFIG_REFUSE_EMPTY=true refuses such a load)",
-            )),
-            EmptyConfig::Refuse => {
-                let mut diags = snapshot.warnings;
-                diags.push(Diagnostic::error(
-                    &name,
-                    Pos::START,
-                    "no rule file defines a domain, and CONFIG_REFUSE_EMPTY=true refuses a load \
-                     that would leave every request unlimited",
-                ));
-                return Err(diags);
-            }
-        }
-    }
-    Ok(snapshot)
-}
-
-fn read_source(
-    source: &ConfigSource,
-    options: &BuildOptions,
-    registry: &LimitRegistry,
-    version: u64,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    let (paths, mut diags) = discover(source)?;
-    let mut docs = Vec::new();
-    let mut files = Vec::new();
-    for path in &paths {
-        let Some((name, file_docs)) = read_file(path, &mut diags) else { continue };
-        files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
-        docs.extend(file_docs);
-    }
-    finish(docs, files, options, registry, version, diags)
-}
-
-/// Loads rule files given as (name, text) pairs, with default options but for merging:
-/// for tests and tools.
-pub fn load_texts(
-    texts: &[(&str, &str)],
-    merge_domains: bool,
-    registry: &LimitRegistry,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    load_texts_with(texts, &BuildOptions { merge_domains, ..BuildOptions::default() }, registry)
-}
-
-/// Loads rule files given as (name, text) pairs.
-pub fn load_texts_with(
-    texts: &[(&str, &str)],
-    options: &BuildOptions,
-    registry: &LimitRegistry,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    let mut diags = Diagnostics::default();
-    let mut docs = Vec::new();
-    let mut files = Vec::new();
-    for (name, text) in texts {
-        let name: Arc<str> = Arc::from(*name);
-        let file_docs = read_text(&name, text.as_bytes(), &mut diags);
-        files.push(LoadedFile { path: name, domains: file_docs.iter().map(|d| d.domain.clone()).collect() });
-        docs.extend(file_docs);
-    }
-    finish(docs, files, options, registry, 1, diags)
-}
-
-fn finish(
-    docs: Vec<schema::DomainDoc>,
-    files: Vec<LoadedFile>,
-    options: &BuildOptions,
-    registry: &LimitRegistry,
-    version: u64,
-    mut diags: Diagnostics,
-) -> Result<ConfigSnapshot, Diagnostics> {
-    let rules = rules::build(&docs, options, registry, &mut diags);
-    // Within a file, report in position order; files stay in load order.
-    diags.0.sort_by(|a, b| {
-        let file_order = |d: &Diagnostic| files.iter().position(|f| f.path == d.file).unwrap_or(usize::MAX);
-        file_order(a).cmp(&file_order(b)).then(a.pos.cmp(&b.pos))
-    });
-    if diags.has_errors() {
-        return Err(diags);
-    }
-    Ok(ConfigSnapshot { rules, files, warnings: diags, loaded_at: reload::wall_clock_now(), version })
 }

@@ -62,13 +62,14 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
         } else {
             first_seen.insert(&doc.domain, doc);
         }
+        let next_domain = set.domains.len() as u32;
         let domain = set.domains.entry(doc.domain.as_str().into()).or_insert_with(|| Domain {
+            index: next_domain,
             name: Arc::from(doc.domain.as_str()),
             rules: Vec::new(),
             children: Vec::new(),
             root: Children::default(),
             defaults: Box::default(),
-            default_stats: std::sync::OnceLock::new(),
         });
         let algorithm = doc.algorithm.unwrap_or(options.default_algorithm);
         let mut builder = Builder {
@@ -100,6 +101,7 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
             builder.add(None, def, None);
         }
     }
+    set.rules_built = (options.max_rules - budget.left) as u32;
     // Only now, with every file of a merged domain in, is it known whether a domain has
     // defaults for its rules to inherit.
     for domain in set.domains.values().filter(|d| d.defaults.is_empty()) {
@@ -215,6 +217,7 @@ impl Builder<'_> {
             .filter(|(_, l)| l.share_threshold)
             .fold(0u128, |mask, (depth, _)| mask | 1u128.checked_shl(depth as u32).unwrap_or(0));
         Rule {
+            index: (self.budget.max - self.budget.left - 1) as u32,
             domain,
             file: self.file.clone(),
             pos: def.pos,
@@ -235,7 +238,6 @@ impl Builder<'_> {
                 headers: r.headers.iter().map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str()))).collect(),
             }),
             inherit_default: def.inherit_default,
-            stats: std::sync::OnceLock::new(),
         }
     }
 

@@ -15,7 +15,6 @@ mod registry;
 pub mod wildcard;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -66,6 +65,8 @@ impl EntryView for envoy_types::pb::envoy::extensions::common::ratelimit::v3::ra
 #[derive(Debug, Default)]
 pub struct RuleSet {
     domains: HashMap<Box<str>, Domain, Hasher>,
+    /// Rules are numbered `0..rules_built` across domains ([`Rule::index`]).
+    rules_built: u32,
 }
 
 impl RuleSet {
@@ -87,11 +88,24 @@ impl RuleSet {
     pub fn rule_count(&self) -> usize {
         self.domains.values().map(|d| d.rules.len()).sum()
     }
+
+    /// One more than the highest [`Rule::index`]: the length of a table indexed by rule.
+    pub fn rule_slots(&self) -> usize {
+        self.rules_built as usize
+    }
+
+    /// One more than the highest [`Domain::index`].
+    pub fn domain_slots(&self) -> usize {
+        self.domains.len()
+    }
 }
 
 /// One domain's rule tree.
 #[derive(Debug)]
 pub struct Domain {
+    /// Unique in its rule set, below [`RuleSet::domain_slots`]: tables built per load
+    /// (the stats series) are indexed by it.
+    pub index: u32,
     pub name: Arc<str>,
     /// One rule per config descriptor node, in file order.
     rules: Vec<Rule>,
@@ -101,8 +115,6 @@ pub struct Domain {
     /// `default_limit`: counted per distinct descriptor for descriptors that match no
     /// rule, and added to the limits of rules with `inherit_default`.
     defaults: Box<[Limit]>,
-    /// The stats series of descriptors counted only by the defaults.
-    pub default_stats: std::sync::OnceLock<std::sync::Arc<crate::stats::RuleStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +334,9 @@ impl Path {
 /// One config descriptor node, compiled.
 #[derive(Debug)]
 pub struct Rule {
+    /// Unique in its rule set, below [`RuleSet::rule_slots`]: tables built per load (the
+    /// stats series) are indexed by it.
+    pub index: u32,
     pub domain: Arc<str>,
     pub file: Arc<str>,
     pub pos: Pos,
@@ -343,8 +358,6 @@ pub struct Rule {
     pub response: Option<CustomResponse>,
     /// The domain's default limits apply too.
     pub inherit_default: bool,
-    /// This rule's stats series, resolved on first use (see `stats::Stats::for_rule`).
-    pub stats: std::sync::OnceLock<std::sync::Arc<crate::stats::RuleStats>>,
 }
 
 /// A rule's custom answer for rejected requests: Envoy sends it with the 429.
@@ -382,11 +395,16 @@ impl Rule {
     /// The reference's stats key, also how messages name the rule: the domain and each
     /// level's composite, dot-joined (`domain.k1_v1.k2`).
     pub fn stats_key(&self) -> String {
-        let mut out = String::from(&*self.domain);
-        for level in self.path.levels() {
-            let _ = write!(out, ".{}", level.composite());
-        }
-        out
+        self.stats_parts().join(".")
+    }
+
+    /// The parts of [`Rule::stats_key`]: the domain, then each level's composite.
+    pub fn stats_parts(&self) -> Vec<String> {
+        let levels = self.path.levels();
+        let mut parts = Vec::with_capacity(levels.len() + 1);
+        parts.push(self.domain.to_string());
+        parts.extend(levels.iter().map(|l| l.composite()));
+        parts
     }
 
     /// The names of the rule's limits, in order (`rate_limit`'s and `rate_limits`' items).

@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::activity::Activity;
@@ -22,9 +21,10 @@ use super::deadlines::{Deadlines, Expired};
 use super::observed_io::{ObservedIo, Watching};
 use super::tracked::{RequestLimit, Tracked};
 use super::{DRAIN_TIMEOUT, Endpoint, GOAWAY_DRAIN, GrpcLimits, HttpLimits, Protocol, TimeoutMetrics};
+use crate::signal::Shutdown;
 
 /// Serves one connection until it closes.
-pub async fn serve<Io>(io: Io, endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>)
+pub async fn serve<Io>(io: Io, endpoint: Arc<Endpoint>, mut stop: Shutdown)
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -36,7 +36,7 @@ where
     let handshake = tokio::time::timeout_at(deadline, tls.acceptor().accept(io));
     let handshake = tokio::select! {
         handshake = handshake => handshake,
-        _ = stop.wait_for(|s| *s) => return,
+        _ = stop.requested() => return,
     };
     match handshake {
         Ok(Ok(stream)) => serve_plain(stream, &endpoint, accepted, stop).await,
@@ -48,7 +48,7 @@ where
     }
 }
 
-async fn serve_plain<Io>(io: Io, endpoint: &Endpoint, accepted: Instant, stop: watch::Receiver<bool>)
+async fn serve_plain<Io>(io: Io, endpoint: &Endpoint, accepted: Instant, stop: Shutdown)
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -82,6 +82,7 @@ fn tracked(endpoint: &Endpoint, activity: &Arc<Activity>, limit: RequestLimit) -
         activity: activity.clone(),
         limit,
         timeouts: endpoint.timeouts.request.clone(),
+        calls: endpoint.calls.clone(),
     }
 }
 
@@ -161,7 +162,7 @@ async fn supervise<C>(
     ends: Ends,
     activity: &Activity,
     timeouts: &TimeoutMetrics,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
@@ -181,7 +182,7 @@ async fn supervise<C>(
                 }
                 return;
             }
-            _ = stop.wait_for(|s| *s), if !stopping => {
+            _ = stop.requested(), if !stopping => {
                 stopping = true;
                 if ends.drop_unused_at_stop && activity.answered() == 0 && activity.in_flight() == 0 {
                     // Nothing asked yet, nothing to lose: do not wait for a slow head.

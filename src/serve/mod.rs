@@ -1,7 +1,7 @@
 //! Serving connections: every listener's accept loop and connection lifecycle.
 //!
-//! Owns what a client can cost: the bounds of [`GrpcLimits`] and [`HttpLimits`] (their
-//! settings are in `crate::settings`), and [`serve`], which accepts from a listener
+//! Owns what a client can cost: the bounds of [`GrpcLimits`] and [`HttpLimits`] (read
+//! from their settings by the `settings` module), and [`serve`], which accepts from a listener
 //! under its cap ([`crate::accept`]) and serves each connection with hyper
 //! (module `connection`) until the stop signal, then waits for the connections to finish.
 //!
@@ -14,18 +14,19 @@
 mod activity;
 mod connection;
 mod deadlines;
+mod drain;
 mod observed_io;
 mod tracked;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use crate::accept::{Incoming, Listener};
+use crate::signal::Shutdown;
 use crate::stats::Stats;
 use crate::tls::Tls;
 
+pub use drain::{CallGuard, CallsInFlight};
 pub use tracked::parse_grpc_timeout;
 
 /// How long connections get to finish their calls after the stop signal before they are
@@ -118,6 +119,8 @@ pub struct Endpoint {
     /// TLS first (gRPC over TLS).
     pub tls: Option<Arc<Tls>>,
     pub timeouts: TimeoutMetrics,
+    /// Every request dispatched on this endpoint's connections, for the drain.
+    pub calls: Arc<CallsInFlight>,
 }
 
 impl Endpoint {
@@ -133,14 +136,14 @@ impl Endpoint {
 /// Accepts and serves connections until `stop` turns true; then stops accepting (the
 /// listening socket closes, so new clients are refused at once instead of queueing), asks
 /// every connection to finish, and returns once all have closed.
-pub async fn serve<L: Listener>(mut incoming: Incoming<L>, endpoint: Endpoint, mut stop: watch::Receiver<bool>) {
+pub async fn serve<L: Listener>(mut incoming: Incoming<L>, endpoint: Endpoint, mut stop: Shutdown) {
     let endpoint = Arc::new(endpoint);
     // Every connection task holds a sender; `recv` ends when the last one is dropped.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (io, slot) = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.requested() => break,
             accepted = incoming.accept() => accepted,
         };
         let (endpoint, stop, open) = (endpoint.clone(), stop.clone(), open.clone());

@@ -19,6 +19,7 @@ use hyper::{Request, Response, StatusCode, header};
 use tower_service::Service;
 
 use super::activity::Activity;
+use super::drain::CallsInFlight;
 
 /// How long a request may take.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +84,8 @@ pub struct Tracked {
     pub limit: RequestLimit,
     /// Counts requests cut short by their limit.
     pub timeouts: metrics::Counter,
+    /// The endpoint's calls in flight, which shutdown drains.
+    pub calls: Arc<CallsInFlight>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -93,7 +96,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Future = Answer;
 
     fn call(&self, request: Request<Incoming>) -> Answer {
-        let in_flight = self.activity.begin();
+        let in_flight = (self.activity.begin(), self.calls.enter());
         let limit = self.limit;
         let deadline = limit.for_request(&request);
         let mut router = self.router.clone();

@@ -36,11 +36,35 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use futures_util::FutureExt;
 
 use crate::clock::Clock;
-pub use crate::config::reload::SharedConfig;
-use crate::stats::{Stats, StatsOptions};
+use crate::snapshot::ConfigSnapshot;
+use crate::stats::{RuleSeries, Stats, StatsOptions};
 use crate::store::{Batch, CounterStore, Lane, MemoryStore, Store};
 pub use options::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 pub use validate::validate;
+
+/// The rules in force and what is built from them, put in force together (one swap), so
+/// a request never pairs one load's rules with another's tables.
+#[derive(Debug)]
+pub struct Active {
+    pub snapshot: ConfigSnapshot,
+    /// The rules' stats series, indexed by rule.
+    pub series: RuleSeries,
+}
+
+impl Active {
+    pub fn new(snapshot: ConfigSnapshot) -> Self {
+        let series = RuleSeries::new(&snapshot.rules);
+        Active { snapshot, series }
+    }
+
+    /// A shared slot holding `snapshot` in force (tests, benches, tools).
+    pub fn shared(snapshot: ConfigSnapshot) -> SharedConfig {
+        Arc::new(arc_swap::ArcSwapOption::from_pointee(Active::new(snapshot)))
+    }
+}
+
+/// What requests read: the rules in force, swapped whole on reload, read without locks.
+pub type SharedConfig = Arc<arc_swap::ArcSwapOption<Active>>;
 
 /// Why a request got no answer. The gRPC status for each is in [`ServiceError::code`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,8 +201,8 @@ impl RateLimiter {
         lane: Lane,
     ) -> Result<RateLimitResponse, ServiceError> {
         validate(request, &self.options.caps)?;
-        let snapshot = self.config.load();
-        let Some(snapshot) = snapshot.as_deref() else {
+        let active = self.config.load();
+        let Some(Active { snapshot, series }) = active.as_deref() else {
             return Err(ServiceError::Unavailable("no rate limit configuration loaded".into()));
         };
         let overrides = plan::overrides_of(request);
@@ -192,7 +216,7 @@ impl RateLimiter {
         } else {
             store.apply_batch(&plan.counters, plan.now, lane).await.map_err(|e| ServiceError::Backend(e.message))?
         };
-        let (mut verdicts, over) = verdict::conclude(request, &plan, &applied, &self.stats, quota);
+        let (mut verdicts, over) = verdict::conclude(request, &plan, &applied, (&self.stats, series), quota);
         if over && self.options.rolls_back() {
             let taken = verdict::taken(&plan, &applied);
             if !taken.is_empty() {

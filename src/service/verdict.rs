@@ -14,7 +14,7 @@ use super::plan::{Matched, Plan, Planned, RequestPlan};
 use crate::clock::Nanos;
 use crate::limiter::{self, Outcome};
 use crate::rules::{EntryView, Rule};
-use crate::stats::{RuleStats, Stats};
+use crate::stats::{RuleSeries, RuleStats, Stats};
 use crate::store::{Applied, Counter};
 
 /// One descriptor's answer, before it becomes a proto status.
@@ -51,7 +51,7 @@ pub(super) fn conclude<'a>(
     request: &'a RateLimitRequest,
     plan: &RequestPlan<'a>,
     applied: &[Applied],
-    stats: &Stats,
+    (stats, series): (&Stats, &RuleSeries),
     global_quota_mode: bool,
 ) -> (SmallVec<[Verdict<'a>; 8]>, bool) {
     let mut verdicts: SmallVec<[Verdict<'a>; 8]> = SmallVec::with_capacity(plan.plans.len());
@@ -59,7 +59,7 @@ pub(super) fn conclude<'a>(
         verdicts.push(match p {
             Plan::Decided(v) => *v,
             Plan::Counted { limits: range, hits, rule } => verdict(
-                stats,
+                (stats, series),
                 global_quota_mode,
                 plan.domain_name,
                 descriptor,
@@ -79,7 +79,7 @@ pub(super) fn conclude<'a>(
 /// failed backend's policy waived do not report; with all waived, the descriptor is OK.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn verdict<'a>(
-    stats: &Stats,
+    (stats, series): (&Stats, &RuleSeries),
     global_quota_mode: bool,
     domain_name: &str,
     descriptor: &RateLimitDescriptor,
@@ -121,12 +121,8 @@ fn verdict<'a>(
             (_, Some(rule)) if rule.detailed_metric || rule.value_to_metric => {
                 record(&stats.for_values(value_stats_key(rule, &descriptor.entries)))
             }
-            (_, Some(rule)) => record(stats.for_rule(rule)),
-            (Matched::Default(domain), None) => record(
-                domain
-                    .default_stats
-                    .get_or_init(|| stats.keyed(vec![domain.name.to_string(), "default_limit".to_string()])),
-            ),
+            (_, Some(rule)) => record(&stats.for_rule(series, rule)),
+            (Matched::Default(domain), None) => record(&stats.for_domain_default(series, domain)),
             _ => record(&stats.for_values(override_stats_key(domain_name, &descriptor.entries))),
         }
     }

@@ -30,6 +30,7 @@
 pub mod backend;
 mod exposition;
 mod label;
+mod rule_series;
 mod rule_stats;
 pub mod statsd;
 mod value_series;
@@ -42,9 +43,9 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use smallvec::SmallVec;
 
-use crate::rules::Rule;
 pub use label::MIN_LABEL_BYTES;
 use label::{ShownLabel, Text};
+pub use rule_series::RuleSeries;
 pub use rule_stats::RuleStats;
 use value_series::{Budget, SeriesMap};
 pub use value_series::{
@@ -253,15 +254,6 @@ impl Stats {
         }
     }
 
-    /// The series of a rule's default stats key, resolved once and kept on the rule.
-    pub fn for_rule<'r>(&self, rule: &'r Rule) -> &'r Arc<RuleStats> {
-        rule.stats.get_or_init(|| {
-            let mut parts = vec![rule.domain.to_string()];
-            parts.extend(rule.path.levels().iter().map(|l| l.composite()));
-            self.keyed(parts)
-        })
-    }
-
     /// The series of a stats key from the rules, shared by every rule that has it (and
     /// across reloads). Its labels are the operator's, so they are shown as they are.
     pub fn keyed(&self, parts: Vec<String>) -> Arc<RuleStats> {
@@ -324,28 +316,21 @@ impl Stats {
         self.value_budget.used()
     }
 
-    /// Sets the gauges that describe the loaded rules.
-    pub fn config_loaded(&self, version: u64, loaded_at: std::time::SystemTime) {
+    /// Counts a good load and sets the gauges that describe the rules it put in force.
+    pub fn config_loaded(&self, version: u64, loaded_at: std::time::SystemTime, domains: usize) {
         self.config_load_success.increment(1);
         self.config_version.set(version as f64);
         let at = loaded_at.duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
         self.config_loaded_at.set(at.as_secs_f64());
-    }
-}
-
-/// A rule load's outcome, counted.
-impl crate::config::reload::LoadObserver for Stats {
-    fn loaded(&self, snapshot: &crate::config::ConfigSnapshot) {
-        self.config_loaded(snapshot.version, snapshot.loaded_at);
         // An empty load lets every request through: worth an alert, even between scrapes.
-        let domains = snapshot.rules.domains().len();
         self.gauge("sluicegate_config_domains", &[], "Domains in the loaded rules (0: no request is limited)")
             .set(domains as f64);
         self.counter("sluicegate_config_empty_loads_total", &[], "Loads that succeeded with no domain")
             .increment(u64::from(domains == 0));
     }
 
-    fn failed(&self, _errors: &crate::config::diag::Diagnostics) {
+    /// Counts a failed load.
+    pub fn config_failed(&self) {
         self.config_load_error.increment(1);
     }
 }

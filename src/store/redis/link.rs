@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, Pipeline, RedisError, Value};
 use tokio::sync::{Notify, watch};
 
 use super::options::{RedisTarget, Topology};
+use crate::signal::Shutdown;
 
 /// The first pause between reconnection attempts after an outage; it doubles up to
 /// [`RECOVERY_MAX_PAUSE`], so Redis is back in service within about a second of
@@ -314,7 +315,7 @@ impl Deployment {
         self: Arc<Self>,
         startup: (Duration, Duration),
         runtimes: Arc<[tokio::runtime::Handle]>,
-        mut stop: watch::Receiver<bool>,
+        mut stop: Shutdown,
     ) {
         let mut connected_once = false;
         loop {
@@ -341,13 +342,13 @@ impl Deployment {
                 attempts += 1;
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.requested() => return,
                 }
                 pause = (pause * 2).min(max_pause);
             }
             tokio::select! {
                 _ = self.tripped.notified() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.requested() => return,
             }
         }
     }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Deployment, RedisStore};
+use crate::signal::Shutdown;
 use crate::stats::Stats;
 use crate::stats::backend::DeploymentMetrics;
 
@@ -22,7 +22,7 @@ impl RedisStore {
     /// policy says, the metrics stay current. Runs until `stop`; returns the tasks.
     pub fn maintain(
         self: &Arc<Self>,
-        stop: &watch::Receiver<bool>,
+        stop: &Shutdown,
         main: tokio::runtime::Handle,
         workers: Vec<tokio::runtime::Handle>,
         stats: &Stats,
@@ -57,7 +57,7 @@ async fn follow(
 }
 
 /// Keeps the connection, fallback and local-cache gauges current.
-fn gauges(store: Arc<RedisStore>, stats: &Stats, mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+fn gauges(store: Arc<RedisStore>, stats: &Stats, mut stop: Shutdown) -> impl Future<Output = ()> + use<> {
     let pools: Vec<(Arc<Deployment>, DeploymentMetrics)> =
         store.backends().map(|b| (b.clone(), stats.deployment(b.name))).collect();
     let fallbacks = stats.backend_fallbacks();
@@ -80,7 +80,7 @@ fn gauges(store: Arc<RedisStore>, stats: &Stats, mut stop: watch::Receiver<bool>
             }
             tokio::select! {
                 _ = tokio::time::sleep(GAUGE_INTERVAL) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.requested() => return,
             }
         }
     }

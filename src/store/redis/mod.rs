@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smallvec::SmallVec;
-use tokio::sync::watch;
 
 use super::{Applied, Batch, Counter, CounterStore, FailurePolicy, Lane, MemoryStore, StoreError};
 use crate::clock::Nanos;
 use crate::limiter::Unit;
 use crate::rules::EntryView;
+use crate::signal::Shutdown;
 pub use link::Deployment;
 use local_cache::OverLimitCache;
 pub use options::{Credentials, NodeAddr, RedisTarget, RedisTls, Topology};
@@ -128,7 +128,7 @@ impl RedisStore {
     /// every other caller.
     pub fn supervise(
         &self,
-        stop: &watch::Receiver<bool>,
+        stop: &Shutdown,
         main: tokio::runtime::Handle,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
