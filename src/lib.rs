@@ -2,7 +2,7 @@
 //!
 //! Envoy's rate limit filter asks, over gRPC, whether a request should be limited;
 //! sluicegate matches the request's descriptors against YAML rule trees (the reference
-//! service's format) and answers from lock-free in-process counters.
+//! service's format) and answers from exact, bounded in-process counters.
 //!
 //! # Layout
 //!
@@ -16,7 +16,7 @@
 //!   `replaces`, shadow and quota modes, headers, dynamic metadata.
 //! - [`rules`]: the compiled, immutable rule set and the matcher.
 //! - [`limiter`]: units, limit parameters, and the pure decision functions.
-//! - [`store`]: where counters live ([`store::memory`]: lock-free, exact, bounded).
+//! - [`store`]: where counters live ([`store::memory`]: exact, bounded).
 //! - [`clock`]: the one reader of the wall clock, and a fake for tests.
 //!
 //! Around them:
