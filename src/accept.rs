@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+pub use crate::stats::AcceptMetrics;
+
 /// The first pause after an accept error; it doubles with each error in a row.
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// The longest pause between accept attempts while errors persist.
@@ -53,33 +55,6 @@ impl Listener for tokio::net::UnixListener {
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
         tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(stream, _)| stream)
-    }
-}
-
-/// The metrics of one listener kind (`listener` label: `grpc`, `http` or `debug`).
-#[derive(Clone, Debug)]
-pub struct AcceptMetrics {
-    pub open: metrics::Gauge,
-    pub waited_at_cap: metrics::Counter,
-    pub errors: metrics::Counter,
-}
-
-impl AcceptMetrics {
-    pub fn new(stats: &crate::stats::Stats, listener: &'static str) -> AcceptMetrics {
-        let labels = [("listener", listener)];
-        AcceptMetrics {
-            open: stats.gauge("sluicegate_connections_open", &labels, "Connections open on the listener"),
-            waited_at_cap: stats.counter(
-                "sluicegate_connections_at_cap_total",
-                &labels,
-                "Times the listener stopped accepting because it held its cap of open connections",
-            ),
-            errors: stats.counter(
-                "sluicegate_accept_errors_total",
-                &labels,
-                "Failed accepts (out of descriptors, ...)",
-            ),
-        }
     }
 }
 

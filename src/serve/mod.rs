@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::accept::{Incoming, Listener};
 use crate::signal::Shutdown;
-use crate::stats::Stats;
+pub use crate::stats::TimeoutMetrics;
 use crate::tls::Tls;
 
 pub use drain::{CallGuard, CallsInFlight};
@@ -79,36 +79,6 @@ pub struct ConnectionLimits {
 pub enum Protocol {
     Grpc(GrpcLimits),
     Http1(HttpLimits),
-}
-
-/// Connections closed, or requests answered early, because a deadline passed
-/// (`sluicegate_timeouts_total{listener, timeout}`).
-#[derive(Clone, Debug)]
-pub struct TimeoutMetrics {
-    handshake: metrics::Counter,
-    header_read: metrics::Counter,
-    idle: metrics::Counter,
-    max_age: metrics::Counter,
-    request: metrics::Counter,
-}
-
-impl TimeoutMetrics {
-    pub fn new(stats: &Stats, listener: &'static str) -> TimeoutMetrics {
-        let counter = |timeout| {
-            stats.counter(
-                "sluicegate_timeouts_total",
-                &[("listener", listener), ("timeout", timeout)],
-                "Connections closed or asked to go away, and requests answered early, because a deadline passed",
-            )
-        };
-        TimeoutMetrics {
-            handshake: counter("handshake"),
-            header_read: counter("header_read"),
-            idle: counter("idle"),
-            max_age: counter("max_age"),
-            request: counter("request"),
-        }
-    }
 }
 
 /// What one listener serves, and how.

@@ -30,6 +30,7 @@
 pub mod backend;
 mod exposition;
 mod label;
+mod listener;
 mod rule_series;
 mod rule_stats;
 pub mod statsd;
@@ -45,6 +46,7 @@ use smallvec::SmallVec;
 
 pub use label::MIN_LABEL_BYTES;
 use label::{ShownLabel, Text};
+pub use listener::{AcceptMetrics, TimeoutMetrics};
 pub use rule_series::RuleSeries;
 pub use rule_stats::RuleStats;
 use value_series::{Budget, SeriesMap};

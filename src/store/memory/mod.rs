@@ -237,7 +237,8 @@ impl MemoryStore {
         });
     }
 
-    /// The current decision for `key` without changing it (for `explain` and tests).
+    /// The current decision for `key` without changing it.
+    #[cfg(test)]
     pub fn peek(&self, key: &[u8], params: &LimitParams, now: Nanos) -> Outcome {
         let hash = self.counters.hash(key);
         self.counters
