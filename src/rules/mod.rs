@@ -279,8 +279,15 @@ pub struct Level {
 impl Level {
     /// The reference's composite form: `key` or `key_value`.
     pub fn composite(&self) -> String {
-        if self.value.is_empty() { self.key.to_string() } else { format!("{}_{}", self.key, self.value) }
+        composite(&self.key, &self.value)
     }
+}
+
+/// One level of a stats key, the reference's way: `key`, or `key_value` when there is a
+/// value. Every stats key (a rule's, a request value's, an override's) is these, after
+/// the domain, dot-joined.
+pub fn composite(key: &str, value: &str) -> String {
+    if value.is_empty() { key.to_string() } else { format!("{key}_{value}") }
 }
 
 /// A rule's path from the top of its tree: its own level, and its parent's path shared

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use super::plan::{Matched, Plan, Planned, RequestPlan};
 use crate::clock::Nanos;
 use crate::limiter::{self, Outcome};
-use crate::rules::{EntryView, Rule};
+use crate::rules::{self, EntryView, Rule};
 use crate::stats::{RuleSeries, RuleStats, Stats};
 use crate::store::{Applied, Counter};
 
@@ -184,10 +184,11 @@ fn value_stats_key<E: EntryView>(rule: &Rule, entries: &[E]) -> Vec<String> {
     for (level, entry) in levels.iter().zip(entries) {
         parts.push(if level.share_threshold {
             level.composite()
-        } else if rule.detailed_metric || (level.value_to_metric && !entry.value().is_empty()) {
+        } else if rule.detailed_metric {
+            // The reference joins key and value here even when the value is empty.
             format!("{}_{}", entry.key(), entry.value())
         } else if level.value_to_metric {
-            entry.key().to_string()
+            rules::composite(entry.key(), entry.value())
         } else {
             level.composite()
         });
@@ -198,10 +199,6 @@ fn value_stats_key<E: EntryView>(rule: &Rule, entries: &[E]) -> Vec<String> {
 /// The reference's stats key of a request's limit override: every entry, `key_value`.
 fn override_stats_key<E: EntryView>(domain: &str, entries: &[E]) -> Vec<String> {
     let mut parts = vec![domain.to_string()];
-    parts.extend(
-        entries
-            .iter()
-            .map(|e| if e.value().is_empty() { e.key().to_string() } else { format!("{}_{}", e.key(), e.value()) }),
-    );
+    parts.extend(entries.iter().map(|e| rules::composite(e.key(), e.value())));
     parts
 }
