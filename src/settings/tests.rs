@@ -1,3 +1,7 @@
+//! Tests of the settings: defaults, every error at once, flags over the environment,
+//! credential masking, and that every declared setting is listed once with a default
+//! that parses.
+
 use super::reader::shown;
 use super::setting::decimal;
 use super::*;
