@@ -200,7 +200,7 @@ impl Settings {
 
         let listeners = listeners::read(&mut r);
         let config_source = rules::config_source(&mut r, config_paths, &mut warnings);
-        let rules = rules::build_options(&mut r);
+        let build = rules::build_options(&mut r);
         let force_start_without_initial_config = r.get(&rules::FORCE_START_WITHOUT_INITIAL_CONFIG);
         let empty_config = r.get(&rules::CONFIG_REFUSE_EMPTY);
         let (backend, memory_max_counters) = backend::read(&mut r, &mut warnings);
@@ -226,7 +226,7 @@ impl Settings {
             debug,
             connection_limits,
             config_source,
-            rules,
+            rules: build,
             force_start_without_initial_config,
             empty_config,
             backend,
