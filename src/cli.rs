@@ -16,7 +16,8 @@ use crate::app::Server;
 use crate::config::{ConfigSource, EmptyConfig};
 use crate::limiter::{Algorithm, LimitParams};
 use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
-use crate::settings::{Env, SPECS, Settings, WithFlags, build_options, empty_config, flag_name};
+use crate::settings::rules::{CONFIG_MAX_RULES, CONFIG_REFUSE_EMPTY, DEFAULT_ALGORITHM, MERGE_DOMAIN_CONFIG};
+use crate::settings::{Env, SPECS, Settings, Spec, WithFlags, build_options, empty_config, flag_name};
 use crate::snapshot;
 
 /// `EX_USAGE`: the command line or a setting is invalid.
@@ -46,21 +47,20 @@ fn with_setting_flags(mut command: Command) -> Command {
 }
 
 /// The settings that change how rules build, as flags of `validate` and `explain`.
-const BUILD_SETTINGS: &[&str] = &["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES"];
+const BUILD_SETTINGS: &[Spec] = &[MERGE_DOMAIN_CONFIG.spec(), DEFAULT_ALGORITHM.spec(), CONFIG_MAX_RULES.spec()];
 /// And those that only change whether a load passes, for `validate`.
-const VALIDATE_SETTINGS: &[&str] =
-    &["MERGE_DOMAIN_CONFIG", "DEFAULT_ALGORITHM", "CONFIG_MAX_RULES", "CONFIG_REFUSE_EMPTY"];
+const VALIDATE_SETTINGS: &[Spec] =
+    &[MERGE_DOMAIN_CONFIG.spec(), DEFAULT_ALGORITHM.spec(), CONFIG_MAX_RULES.spec(), CONFIG_REFUSE_EMPTY.spec()];
 
-/// Flags for the settings named `envs`.
-fn with_load_flags(command: Command, envs: &[&'static str]) -> Command {
-    envs.iter().copied().fold(command, |command, env| {
-        let spec = SPECS.iter().find(|s| s.env == env).expect("a known setting");
+/// Flags for the settings `specs`.
+fn with_load_flags(command: Command, specs: &[Spec]) -> Command {
+    specs.iter().fold(command, |command, spec| {
         command.arg(
-            Arg::new(env)
-                .long(flag_name(env))
+            Arg::new(spec.env)
+                .long(flag_name(spec.env))
                 .value_name("VALUE")
                 .num_args(1)
-                .help(format!("{} [env: {env}] [default: {}]", spec.help, spec.default)),
+                .help(format!("{} [env: {}] [default: {}]", spec.help, spec.env, spec.default)),
         )
     })
 }
@@ -146,7 +146,9 @@ fn load_options(matches: &ArgMatches) -> Result<(BuildOptions, EmptyConfig), Exi
     // `explain` has no CONFIG_REFUSE_EMPTY flag: `try_` reads what the command has.
     let flags: HashMap<String, String> = VALIDATE_SETTINGS
         .iter()
-        .filter_map(|&env| matches.try_get_one::<String>(env).ok().flatten().map(|v| (env.to_string(), v.clone())))
+        .filter_map(|spec| {
+            matches.try_get_one::<String>(spec.env).ok().flatten().map(|v| (spec.env.to_string(), v.clone()))
+        })
         .collect();
     let source = WithFlags { flags, base: Env };
     let mut errors = Vec::new();

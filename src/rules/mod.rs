@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-pub use build::{BuildOptions, build};
+pub use build::{BuildOptions, DEFAULT_MAX_RULES, build};
 pub use registry::LimitRegistry;
 use wildcard::Pattern;
 

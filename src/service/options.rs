@@ -9,9 +9,14 @@ pub struct RequestCaps {
     pub max_entry_bytes: usize,
 }
 
+impl RequestCaps {
+    /// The defaults of `MAX_DESCRIPTORS`, `MAX_ENTRIES` and `MAX_ENTRY_BYTES`.
+    pub const DEFAULT: RequestCaps = RequestCaps { max_descriptors: 256, max_entries: 64, max_entry_bytes: 16 * 1024 };
+}
+
 impl Default for RequestCaps {
     fn default() -> Self {
-        RequestCaps { max_descriptors: 256, max_entries: 64, max_entry_bytes: 16 * 1024 }
+        RequestCaps::DEFAULT
     }
 }
 
@@ -23,12 +28,19 @@ pub struct HeaderNames {
     pub reset: String,
 }
 
+impl HeaderNames {
+    /// The defaults of `LIMIT_LIMIT_HEADER`, `LIMIT_REMAINING_HEADER` and `LIMIT_RESET_HEADER`.
+    pub const DEFAULT_LIMIT: &str = "RateLimit-Limit";
+    pub const DEFAULT_REMAINING: &str = "RateLimit-Remaining";
+    pub const DEFAULT_RESET: &str = "RateLimit-Reset";
+}
+
 impl Default for HeaderNames {
     fn default() -> Self {
         HeaderNames {
-            limit: "RateLimit-Limit".into(),
-            remaining: "RateLimit-Remaining".into(),
-            reset: "RateLimit-Reset".into(),
+            limit: Self::DEFAULT_LIMIT.into(),
+            remaining: Self::DEFAULT_REMAINING.into(),
+            reset: Self::DEFAULT_RESET.into(),
         }
     }
 }
