@@ -37,7 +37,7 @@ use futures_util::FutureExt;
 
 use crate::clock::Clock;
 use crate::snapshot::ConfigSnapshot;
-use crate::stats::{RuleSeries, Stats, StatsOptions};
+use crate::stats::{DEFAULT_NEAR_LIMIT_RATIO, RuleSeries, Stats, StatsOptions};
 use crate::store::{Batch, CounterStore, Lane, MemoryStore, Store};
 pub use options::{Consume, HeaderNames, RequestCaps, ServiceOptions};
 pub use validate::validate;
@@ -121,7 +121,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter with its own stats (the reference's default `NEAR_LIMIT_RATIO`).
     pub fn new(config: SharedConfig, store: Store, clock: Clock, options: ServiceOptions) -> Self {
-        let stats = Stats::new(StatsOptions { near_limit_ratio: 0.8, ..StatsOptions::default() });
+        let stats = Stats::new(StatsOptions { near_limit_ratio: DEFAULT_NEAR_LIMIT_RATIO, ..StatsOptions::default() });
         RateLimiter { config, store, clock, options, stats }
     }
 

@@ -25,6 +25,7 @@ fn defaults_are_the_reference_ones() {
     assert_eq!(s.shutdown_grace_period, Duration::from_secs(5));
     assert_eq!(s.stats.near_limit_ratio, 0.8);
     assert_eq!(s.memory_max_counters, DEFAULT_MAX_COUNTERS);
+    assert_eq!(s.stats.near_limit_ratio, crate::stats::DEFAULT_NEAR_LIMIT_RATIO);
     assert_eq!(s.rules, BuildOptions::default());
     assert!(s.service.response_headers.is_none());
     assert!(s.stats.statsd.is_none());
@@ -316,6 +317,7 @@ fn defaults_owned_by_other_modules_are_the_settings_defaults() {
     assert_eq!(s.rules, BuildOptions::default());
     assert_eq!(s.stats.value_series, ValueSeriesLimits::default());
     assert_eq!(s.memory_max_counters, DEFAULT_MAX_COUNTERS);
+    assert_eq!(s.stats.near_limit_ratio, crate::stats::DEFAULT_NEAR_LIMIT_RATIO);
     assert_eq!((backend::MEMORY_MAX_COUNTERS.default, service::MAX_ENTRY_BYTES.default), ("1000000", "16384"));
     assert_eq!(rules::CONFIG_MAX_RULES.default, "200000");
     assert_eq!(stats::STATS_MAX_VALUE_SERIES_BYTES.default, "1048576");
