@@ -37,11 +37,9 @@ pub fn serve(dir: &TempDir, env: &[(&str, &str)]) -> process::Running {
     process::spawn(process::loopback(dir.path(), env))
 }
 
-/// Resident memory of `pid` in KiB (`/proc/<pid>/statm`, second field, in pages).
+/// Resident memory of `pid` in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4
+    super::rss::resident_bytes_of(&pid.to_string()).unwrap_or(0) as u64 / 1024
 }
 
 /// A value of the Prometheus text on the debug listener's `/metrics`.

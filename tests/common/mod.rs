@@ -9,6 +9,7 @@ pub mod load;
 pub mod poll;
 pub mod raw_grpc;
 pub mod redis_server;
+pub mod rss;
 pub mod test_ca;
 
 use std::net::SocketAddr;
