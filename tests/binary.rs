@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::process::{reference_env, sigterm, sluicegate, spawn, wait_exit};
-use common::{TempDir, connect, http, request};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use common::process::{exit_and_stderr, loopback, reference_env, sigterm, sluicegate, spawn, wait_exit};
+use common::{OK, OVER, TempDir, connect, http, request};
 
 const RULES: &str = r#"
 domain: basic
@@ -38,15 +37,19 @@ async fn serves_the_reference_layout_over_grpc_and_json_then_stops_on_sigterm() 
 
     let mut client = connect(running.grpc).await;
     let r = client.should_rate_limit(request("basic", &[&[("key1", "foo")]])).await.unwrap().into_inner();
-    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (Code::Ok as i32, 49), "reference I2");
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (OK, 49),
+        "a first call at 50/s leaves 49 (reference case I2, docs/compatibility.md)"
+    );
     for i in 0..25u32 {
         let r = client.should_rate_limit(request("another", &[&[("key2", "r1")]])).await.unwrap().into_inner();
-        let expected = if i < 20 { Code::Ok } else { Code::OverLimit };
-        assert_eq!(r.overall_code, expected as i32, "reference I3, call {i}");
+        let expected = if i < 20 { OK } else { OVER };
+        assert_eq!(r.overall_code, expected, "20/min: the first 20 calls OK, then over (reference case I3), call {i}");
         assert_eq!(r.statuses[0].limit_remaining, 19u32.saturating_sub(i), "call {i}");
     }
     let r = client.should_rate_limit(request("foo", &[&[("hello", "world")]])).await.unwrap().into_inner();
-    assert_eq!(r.overall_code, Code::Ok as i32, "reference I1: unknown domain");
+    assert_eq!(r.overall_code, OK, "an unknown domain is OK, with no limit (reference case I1)");
 
     let body = r#"{"domain":"basic","descriptors":[{"entries":[{"key":"one_per_minute","value":"x"}]}]}"#;
     assert_eq!(http(running.http, "POST", "/json", body).await.0, 200);
@@ -109,23 +112,12 @@ fn every_bad_setting_is_named_and_the_exit_code_is_64() {
 #[test]
 fn a_bad_redis_url_is_named_without_its_password() {
     for url in ["redis://app:s3cret/x@redis:6379", "app:s3cret@redis:6379"] {
-        let mut child = sluicegate()
-            .env_clear()
-            .env("BACKEND_TYPE", "redis")
-            .env("REDIS_URL", url)
-            .env("REDIS_AUTH", "s3cret")
-            .args(["--config", "config", "--redis-persecond", "true", "--redis-persecond-url", url])
-            .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-            .args(["--debug-host", "127.0.0.1", "--debug-port", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command =
+            loopback(Path::new("config"), &[("BACKEND_TYPE", "redis"), ("REDIS_URL", url), ("REDIS_AUTH", "s3cret")]);
+        command.args(["--redis-persecond", "true", "--redis-persecond-url", url]);
         // Bounded: a URL taken for valid would start a server.
-        let status = wait_exit(&mut child, Duration::from_secs(15));
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        assert_eq!(status.code(), Some(64), "{stderr}");
+        let (code, stderr) = exit_and_stderr(command);
+        assert_eq!(code, Some(64), "{stderr}");
         assert!(stderr.contains("REDIS_URL=\"") && stderr.contains("--redis-persecond-url=\""), "{stderr}");
         assert!(!stderr.contains("s3cret"), "{stderr}");
     }
@@ -145,15 +137,8 @@ fn a_broken_rule_file_stops_start_up_with_its_position() {
         "rules/bad.yaml",
         "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
     );
-    let output = sluicegate()
-        .env_clear()
-        .arg("--config")
-        .arg(root.path().join("rules"))
-        .args(["--port", "0", "--grpc-port", "0", "--debug-port", "0", "--host", "127.0.0.1"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = exit_and_stderr(loopback(&root.path().join("rules"), &[]));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("bad.yaml:4:24: invalid rate limit unit 'fortnight'"), "{stderr}");
 }
 
@@ -163,15 +148,8 @@ fn a_taken_port_fails_start_up() {
     let port = taken.local_addr().unwrap().port().to_string();
     let root = TempDir::new("binary-port");
     root.write("rules/ok.yaml", RULES);
-    let output = sluicegate()
-        .env_clear()
-        .arg("--config")
-        .arg(root.path().join("rules"))
-        .args(["--host", "127.0.0.1", "--port", &port, "--grpc-port", "0", "--debug-port", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = exit_and_stderr(loopback(&root.path().join("rules"), &[("PORT", &port)]));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")), "{stderr}");
 }
 
@@ -195,7 +173,7 @@ async fn sigint_stops_the_service_cleanly_too() {
     let mut running = spawn(command);
     let mut client = connect(running.grpc).await;
     let r = client.should_rate_limit(request("basic", &[&[("key1", "x")]])).await.unwrap().into_inner();
-    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.overall_code, OK);
     let status = Command::new("kill").arg("-INT").arg(running.child.id().to_string()).status().unwrap();
     assert!(status.success());
     assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));

@@ -18,7 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{Load, Totals, burst, env_or, exact_probe, poll_until, serve};
+use common::load::{Load, Totals, burst, env_or, exact_probe, serve};
+use common::poll::poll_until;
 use common::redis_server::{RedisServer, free_port};
 use common::{TempDir, connect};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;

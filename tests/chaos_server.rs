@@ -14,7 +14,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{Load, env_or, exact_probe, poll_until, serve, write_atomically};
+use common::load::{Load, env_or, exact_probe, serve, write_atomically};
+use common::poll::poll_until;
 use common::{TempDir, connect, http, process};
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

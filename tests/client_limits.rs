@@ -7,7 +7,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::process::{sigterm, sluicegate, spawn, wait_exit};
+use common::poll::poll_until;
+use common::process::{loopback_env, sluicegate, spawn, stop};
 use common::{TempDir, connect, http, metric, request, start};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -143,12 +144,13 @@ async fn past_the_connection_cap_new_connections_wait_until_one_closes() {
     let held: Vec<TcpStream> =
         vec![TcpStream::connect(server.grpc).await.unwrap(), TcpStream::connect(server.grpc).await.unwrap()];
     let open = [("listener", "grpc")];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(server.debug, "sluicegate_connections_open", &open).await != Some(2.0) {
-        assert!(Instant::now() < deadline, "the two held connections were not accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the two held connections are accepted", Duration::from_secs(5), async || {
+        metric(server.debug, "sluicegate_connections_open", &open).await == Some(2.0)
+    })
+    .await;
     let waiting = tokio::spawn(grpc_answers(server.grpc, Duration::from_secs(20)));
+    // Asserting that something does not happen: the third connection is given half a
+    // second in which it must not be served.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a third connection was served past GRPC_MAX_CONNECTIONS=2");
     assert!(metric(server.debug, "sluicegate_connections_at_cap_total", &open).await >= Some(1.0));
@@ -159,13 +161,13 @@ async fn past_the_connection_cap_new_connections_wait_until_one_closes() {
 
     // The HTTP cap: one silent connection holds the only place; a request waits for it.
     let silent = TcpStream::connect(server.http).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(server.debug, "sluicegate_connections_open", &[("listener", "http")]).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the silent HTTP connection was not accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the silent HTTP connection is accepted", Duration::from_secs(5), async || {
+        metric(server.debug, "sluicegate_connections_open", &[("listener", "http")]).await == Some(1.0)
+    })
+    .await;
     let http_addr = server.http;
     let health = tokio::spawn(async move { http(http_addr, "GET", "/healthcheck", "").await.0 });
+    // Asserting that something does not happen, as above.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!health.is_finished(), "a second HTTP connection was served past HTTP_MAX_CONNECTIONS=1");
     drop(silent);
@@ -193,19 +195,15 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again_once
     dir.write("rules/d.yaml", RULES);
     // `ulimit` in a shell that then becomes sluicegate: no new dependency, no privilege.
     let mut command = std::process::Command::new("/bin/sh");
-    command
+    loopback_env(&mut command)
         .arg("-c")
         .arg(format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""))
         .arg(sluicegate().get_program())
-        .env_clear()
         .arg("--config")
         .arg(dir.path().join("rules"))
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0", "--log-level", "warn"])
-        .env("SHUTDOWN_GRACE_PERIOD", "0")
         .env("GRPC_WORKERS", "1")
         .env("GRPC_HANDSHAKE_TIMEOUT", "60s");
-    let mut running = spawn(command);
+    let running = spawn(command);
     let pid = running.child.id();
     let open_fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
@@ -214,12 +212,10 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again_once
     for _ in 0..FD_LIMIT + 40 {
         held.push(TcpStream::connect(running.grpc).await.unwrap());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_fds() < FD_LIMIT - 2 {
-        assert!(Instant::now() < deadline, "the server holds only {} descriptors", open_fds());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the server runs out of descriptors", Duration::from_secs(10), async || open_fds() >= FD_LIMIT - 2)
+        .await;
 
+    // Not a wait for an event: the stretch of time over which the CPU use is measured.
     let (before, measured_from) = (cpu_ticks(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = (cpu_ticks(pid) - before) as f64 / clock_ticks_per_second() as f64;
@@ -231,11 +227,10 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again_once
     assert!((1..=2).contains(&reports), "accept errors are reported, at most every 10 s: {lines:#?}");
 
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !grpc_answers(running.grpc, Duration::from_secs(2)).await {
-        assert!(Instant::now() < deadline, "not serving again after the descriptors were freed");
-    }
+    poll_until("serving again after the descriptors are freed", Duration::from_secs(10), async || {
+        grpc_answers(running.grpc, Duration::from_secs(2)).await
+    })
+    .await;
     assert_eq!(http(running.http, "GET", "/healthcheck", "").await.0, 200);
-    sigterm(&running.child);
-    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
+    stop(running);
 }

@@ -6,8 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{connect, request, start};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use common::{OK, connect, request, start};
 use sluicegate::clock::Nanos;
 use sluicegate::limiter::{Algorithm, LimitParams, Unit};
 use sluicegate::rules::LimitRegistry;
@@ -122,7 +121,7 @@ async fn hammer_grpc(hits_addend: u32) -> u64 {
                     let mut req = request("hammer", &[&[("user", "alice")]]);
                     req.hits_addend = hits_addend;
                     let r = client.should_rate_limit(req).await.unwrap().into_inner();
-                    if r.overall_code == Code::Ok as i32 {
+                    if r.overall_code == OK {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -147,7 +146,6 @@ async fn in_flight_grpc_calls_on_several_connections_admit_exactly_the_limit() {
 /// request has left a hit on either counter.
 #[test]
 fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
-    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
     use sluicegate::clock::FakeClock;
     use sluicegate::service::{Consume, RateLimiter, ServiceOptions};
     use sluicegate::store::Store;
@@ -174,7 +172,7 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
                 let (limiter, admitted, both) = (limiter.clone(), admitted.clone(), both.clone());
                 s.spawn(move || {
                     for _ in 0..100 {
-                        if limiter.immediate().unwrap().decide(&both).unwrap().overall_code == Code::Ok as i32 {
+                        if limiter.immediate().unwrap().decide(&both).unwrap().overall_code == OK {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -187,7 +185,7 @@ fn all_or_nothing_never_over_admits_and_leaves_no_hits_behind() {
         assert!((25..=50).contains(&admitted), "{algorithm}: {admitted} admitted");
         let mut check = request("d", &[&[("wide", "w")], &[("narrow", "n")]]);
         for d in &mut check.descriptors {
-            d.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 });
+            d.hits_addend = common::hits(0);
         }
         let r = limiter.immediate().unwrap().decide(&check).unwrap();
         assert_eq!(

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{sluicegate, spawn, wait_exit};
-use common::{TempDir, connect, http, request};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use common::poll::eventually;
+use common::process::sluicegate;
+use common::{OK, TempDir, connect, http, request};
 
 /// Descriptors whose anchors each nest the previous one a level deeper (two YAML levels:
 /// a list and a mapping), `levels` of them, in a file of a few hundred KB at most.
@@ -107,7 +107,7 @@ async fn deep_metadata_within_the_cap_is_returned_and_decodes() {
     let server = common::start(&[("meta.yaml", &rules)], &[("RESPONSE_DYNAMIC_METADATA", "true")], 1_000).await;
     let mut client = server.client().await;
     let r = client.should_rate_limit(request("meta", &[&[("k", "v")]])).await.unwrap().into_inner();
-    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.overall_code, OK);
     let mut depth = 0;
     let metadata = r.dynamic_metadata.as_ref().unwrap().fields["metadata"].clone();
     let mut at = match metadata.kind {
@@ -129,31 +129,18 @@ async fn deep_metadata_within_the_cap_is_returned_and_decodes() {
 async fn a_reload_of_a_deep_file_keeps_the_old_rules_and_the_server() {
     let dir = TempDir::new("bounds-reload");
     dir.write("a.yaml", "domain: a\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 5}\n");
-    let mut command = sluicegate();
-    command
-        .env_clear()
-        .arg("--config")
-        .arg(dir.path())
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0"])
-        .env("SHUTDOWN_GRACE_PERIOD", "0");
-    let mut running = spawn(command);
+    let running = common::process::start(dir.path(), &[]);
     dir.write("b.yaml", &descriptors_nested_through_aliases(1_830));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, debug) = http(running.debug, "GET", "/debug/config", "").await;
-        if debug.contains("through an alias") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the failed reload never showed: {debug}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the failed reload shows in /debug/config", async || {
+        http(running.debug, "GET", "/debug/config", "").await.1.contains("through an alias")
+    })
+    .await;
     let mut client = connect(running.grpc).await;
     let r = client.should_rate_limit(request("a", &[&[("k", "x")]])).await.unwrap().into_inner();
     assert_eq!(r.statuses[0].limit_remaining, 4, "the old rules still answer");
+    let mut running = running;
     assert!(running.child.try_wait().unwrap().is_none(), "the server is alive");
-    common::process::sigterm(&running.child);
-    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
+    common::process::stop(running);
 }
 
 #[test]

@@ -6,12 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, request, start};
+use common::{OK, OVER, http, request, start};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-
-const OK: i32 = Code::Ok as i32;
-const OVER: i32 = Code::OverLimit as i32;
 
 const RULES: &str = r#"
 domain: api

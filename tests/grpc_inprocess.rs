@@ -5,10 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{descriptor, http, request, start};
+use common::poll::poll_until;
+use common::{OK, OVER, descriptor, http, request, start};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::google::protobuf::UInt64Value;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -28,9 +27,6 @@ descriptors:
       - key: plan
         rate_limit: {unit: hour, requests_per_unit: 2, name: tenant_plan}
 "#;
-
-const OK: i32 = Code::Ok as i32;
-const OVER: i32 = Code::OverLimit as i32;
 
 #[tokio::test]
 async fn answers_follow_the_rules_and_the_window() {
@@ -115,10 +111,10 @@ async fn overrides_and_hits_addend_work_end_to_end() {
     req.hits_addend = 4;
     let r = client.should_rate_limit(req.clone()).await.unwrap().into_inner();
     assert_eq!(r.statuses[0].limit_remaining, 6);
-    req.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    req.descriptors[0].hits_addend = common::hits(0);
     let r = client.should_rate_limit(req.clone()).await.unwrap().into_inner();
     assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 6));
-    req.descriptors[0].hits_addend = Some(UInt64Value { value: 7 });
+    req.descriptors[0].hits_addend = common::hits(7);
     let r = client.should_rate_limit(req).await.unwrap().into_inner();
     assert_eq!(r.overall_code, OVER);
     server.stop().await;
@@ -138,16 +134,11 @@ async fn health_is_served_over_grpc_and_http() {
     server.shared.health.start_draining();
     assert_eq!(http(server.http, "GET", "/healthcheck", "").await.0, 500);
     // The gRPC health service follows within a moment.
-    let mut serving = true;
-    for _ in 0..100 {
+    poll_until("gRPC health reports NOT_SERVING after draining starts", Duration::from_secs(5), async || {
         let r = health.check(HealthCheckRequest { service: "ratelimit".into() }).await.unwrap().into_inner();
-        serving = r.status == 1;
-        if !serving {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!serving, "gRPC health reports NOT_SERVING after draining starts");
+        r.status == 2
+    })
+    .await;
     server.stop().await;
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_norway::Value;
 use sluicegate::rules::LimitRegistry;
-use sluicegate::settings::parse_duration;
+use sluicegate::settings::{SPECS, parse_duration};
 
 fn manifests() -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes");
@@ -33,6 +33,21 @@ fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
         .map(|(_, v)| v)
         .find(|v| v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name))
         .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The Deployment's container `name`.
+fn container<'a>(docs: &'a [(String, Value)], name: &str) -> &'a Value {
+    let deployment = find(docs, "Deployment", "webapp");
+    let containers = deployment["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+    containers.iter().find(|c| c["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("container {name}"))
+}
+
+/// The setting `name` as sluicegate in the pod sees it: its container's `env`, or the
+/// setting's default.
+fn setting(docs: &[(String, Value)], name: &str) -> String {
+    let env = container(docs, "sluicegate")["env"].as_sequence().unwrap();
+    let given = env.iter().find(|e| e["name"].as_str() == Some(name)).map(|e| str_of(&e["value"]).to_string());
+    given.unwrap_or_else(|| SPECS.iter().find(|s| s.env == name).expect("a setting").default.to_string())
 }
 
 fn str_of(v: &Value) -> &str {
@@ -71,23 +86,12 @@ fn the_pod_is_wired_as_the_readme_says() {
     let deployment = find(&docs, "Deployment", "webapp");
     let pod = &deployment["spec"]["template"];
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
-    let container = |name: &str| {
-        containers.iter().find(|c| c["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("container {name}"))
-    };
-    let sluicegate = container("sluicegate");
-    container("envoy");
-    container("app");
+    let sluicegate = container(&docs, "sluicegate");
+    container(&docs, "envoy");
+    container(&docs, "app");
 
     // Probes on /healthcheck at the HTTP port.
-    let env = |name: &str| {
-        sluicegate["env"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"].as_str() == Some(name))
-            .map(|e| str_of(&e["value"]).to_string())
-    };
-    let http_port = env("PORT").map_or(8080, |p| p.parse().unwrap());
+    let http_port: u64 = setting(&docs, "PORT").parse().unwrap();
     for probe in ["readinessProbe", "livenessProbe"] {
         let get = &sluicegate[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some("/healthcheck"), "{probe}");
@@ -99,7 +103,7 @@ fn the_pod_is_wired_as_the_readme_says() {
         assert!(c["resources"]["requests"]["memory"].as_str().is_some(), "{:?} requests memory", c["name"]);
     }
     // The grace period covers SHUTDOWN_GRACE_PERIOD and the drain (at most 10 s).
-    let grace = parse_duration(&env("SHUTDOWN_GRACE_PERIOD").unwrap_or("5s".into())).unwrap();
+    let grace = parse_duration(&setting(&docs, "SHUTDOWN_GRACE_PERIOD")).unwrap();
     let termination = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(termination >= grace.as_secs() + 10, "{termination}s < {grace:?} + 10s");
     // The scrape annotation points at the metrics.
@@ -115,7 +119,7 @@ fn the_pod_is_wired_as_the_readme_says() {
         .iter()
         .find(|m| m["name"].as_str() == Some("rules"))
         .expect("the rules are mounted");
-    let expected = format!("{}/{}/config", env("RUNTIME_ROOT").unwrap(), env("RUNTIME_SUBDIRECTORY").unwrap());
+    let expected = format!("{}/{}/config", setting(&docs, "RUNTIME_ROOT"), setting(&docs, "RUNTIME_SUBDIRECTORY"));
     assert_eq!(mount["mountPath"].as_str(), Some(expected.as_str()));
     let volumes = pod["spec"]["volumes"].as_sequence().unwrap();
     let rules_volume = volumes.iter().find(|v| v["name"].as_str() == Some("rules")).unwrap();
@@ -127,7 +131,7 @@ fn the_pod_is_wired_as_the_readme_says() {
         assert_eq!(&pod["metadata"]["labels"][str_of(k)], v, "the Service selects the pod");
     }
     let target = str_of(&service["spec"]["ports"][0]["targetPort"]);
-    let envoy_ports = container("envoy")["ports"].as_sequence().unwrap();
+    let envoy_ports = container(&docs, "envoy")["ports"].as_sequence().unwrap();
     assert!(envoy_ports.iter().any(|p| p["name"].as_str() == Some(target)), "targets Envoy's {target}");
 }
 
@@ -157,7 +161,9 @@ fn envoy_in_the_pod_asks_sluicegate_for_the_rules_domain() {
         .expect("the sluicegate cluster");
     let address =
         &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
-    assert_eq!(address["port_value"].as_u64(), Some(8081), "sluicegate's gRPC port");
+    let grpc_port: u64 = setting(&docs, "GRPC_PORT").parse().unwrap();
+    assert_eq!(address["port_value"].as_u64(), Some(grpc_port), "the port sluicegate's gRPC listener uses in the pod");
+    assert_eq!(address["address"].as_str(), Some(setting(&docs, "GRPC_HOST").as_str()), "sluicegate's GRPC_HOST");
     assert!(
         cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
             ["explicit_http_config"]["http2_protocol_options"]
@@ -165,5 +171,7 @@ fn envoy_in_the_pod_asks_sluicegate_for_the_rules_domain() {
         "gRPC needs HTTP/2"
     );
     // The listener is the port the Deployment names for Envoy.
-    assert_eq!(listener["address"]["socket_address"]["port_value"].as_u64(), Some(10000));
+    let port = listener["address"]["socket_address"]["port_value"].as_u64();
+    let envoy_ports = container(&docs, "envoy")["ports"].as_sequence().unwrap();
+    assert!(envoy_ports.iter().any(|p| p["containerPort"].as_u64() == port), "{port:?} not in {envoy_ports:?}");
 }

@@ -7,6 +7,10 @@
 //! allocating a fresh table on every turn until memory ran out. A watchdog turns a hang
 //! into a failure instead of a stuck test.
 
+#[path = "common/rss.rs"]
+#[allow(dead_code)]
+mod rss;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,14 +21,10 @@ use sluicegate::rules::LimitRegistry;
 use sluicegate::store::MemoryStore;
 use sluicegate::store::key::{LimitIdentity, encode};
 
+use rss::resident_bytes;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 /// What one churn run saw.
 struct Churned {

@@ -8,6 +8,10 @@
 //! holds a single test so nothing else allocates in the process meanwhile. It uses the
 //! binary's allocator (mimalloc), whose 64-byte size class the map entries are sized for.
 
+#[path = "common/rss.rs"]
+#[allow(dead_code)]
+mod rss;
+
 use std::sync::Arc;
 
 use sluicegate::clock::Nanos;
@@ -16,14 +20,10 @@ use sluicegate::rules::LimitRegistry;
 use sluicegate::store::MemoryStore;
 use sluicegate::store::key::{LimitIdentity, encode};
 
+use rss::resident_bytes;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 #[test]
 fn a_million_counters_cost_at_most_192_bytes_each() {

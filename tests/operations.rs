@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, sigterm, sluicegate, spawn, wait_exit};
-use common::{TempDir, connect, http, request};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use common::poll::eventually;
+use common::process::{Running, sigterm, sluicegate, spawn, start, stop, wait_exit};
+use common::{OK, TempDir, connect, http, request, request_with_hits};
 
 fn rules(domain: &str, key: &str, rpu: u32) -> String {
     format!(
@@ -19,46 +18,11 @@ fn rules(domain: &str, key: &str, rpu: u32) -> String {
     )
 }
 
-/// Starts the binary serving `--config <dir>` on loopback ports.
-fn start(config: &Path, extra: &[(&str, &str)]) -> Running {
-    let mut command = sluicegate();
-    command
-        .env_clear()
-        .arg("--config")
-        .arg(config)
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0", "--log-level", "info"])
-        .env("SHUTDOWN_GRACE_PERIOD", "0");
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    spawn(command)
-}
-
 /// The `requests_per_unit` a descriptor is limited by now (None: no limit).
 async fn limit(running: &Running, domain: &str, entries: &[(&str, &str)]) -> Option<u32> {
     let mut client = connect(running.grpc).await;
-    let mut req = request(domain, &[entries]);
-    req.descriptors[0].hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 });
-    let r = client.should_rate_limit(req).await.unwrap().into_inner();
+    let r = client.should_rate_limit(request_with_hits(domain, entries, 0)).await.unwrap().into_inner();
     r.statuses[0].current_limit.as_ref().map(|l| l.requests_per_unit)
-}
-
-/// Polls `check` until it is true, for up to 10 seconds.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn stop(mut running: Running) {
-    sigterm(&running.child);
-    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
 }
 
 #[tokio::test]
@@ -205,14 +169,15 @@ async fn health_waits_for_a_config_when_asked_and_flips_at_sigterm() {
     let mut client = connect(running.grpc).await;
     let sent = Instant::now();
     sigterm(&running.child);
-    eventually("unhealthy at once", || async { http(running.http, "GET", "/healthcheck", "").await.0 == 500 }).await;
-    assert!(sent.elapsed() < Duration::from_secs(2));
-    // Still answering during the grace period.
-    let r = client.should_rate_limit(request("a", &[&[("k", "x")]])).await.unwrap().into_inner();
-    assert_eq!(r.overall_code, Code::Ok as i32);
+    eventually("unhealthy at SIGTERM", || async { http(running.http, "GET", "/healthcheck", "").await.0 == 500 }).await;
+    // Unhealthy while still serving, not only once it exits: the grace period is for
+    // load balancers to see the 500 and move away.
     let mut running = running;
+    assert!(running.child.try_wait().unwrap().is_none(), "unhealthy during the grace period, before the exit");
+    let r = client.should_rate_limit(request("a", &[&[("k", "x")]])).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, OK, "still answering during the grace period");
     assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
-    assert!(sent.elapsed() >= Duration::from_secs(3), "stayed up for the grace period");
+    assert!(sent.elapsed() >= Duration::from_secs(3), "stayed up for the 3 s grace period");
 }
 
 #[tokio::test]

@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::process::{Running, sigterm, sluicegate, spawn, wait_exit};
+use common::poll::eventually;
+use common::process::{Running, exit_and_stderr, loopback, sluicegate, start, stop, wait_exit};
 use common::{TempDir, http};
 
 fn rules(domain: &str, rpu: u32) -> String {
@@ -19,40 +19,6 @@ fn rules(domain: &str, rpu: u32) -> String {
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(status.success(), "mkfifo {}", path.display());
-}
-
-/// Starts the binary serving `--config <dir>` on loopback ports, logging at info.
-fn start(config: &Path, extra: &[(&str, &str)]) -> Running {
-    let mut command = sluicegate();
-    command
-        .env_clear()
-        .arg("--config")
-        .arg(config)
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0", "--log-level", "info"])
-        .env("SHUTDOWN_GRACE_PERIOD", "0");
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    spawn(command)
-}
-
-fn stop(mut running: Running) -> Vec<String> {
-    sigterm(&running.child);
-    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
-    running.lines.try_iter().collect()
-}
-
-/// Polls `check` until it is true, for up to 10 seconds.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn rlconfig(running: &Running) -> String {
@@ -74,9 +40,8 @@ fn validate(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
     (status.code(), stdout)
 }
 
-async fn metric(running: &Running, series: &str) -> Option<String> {
-    let (_, text) = http(running.http, "GET", "/metrics", "").await;
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(str::to_string))
+async fn metric(running: &Running, series: &str) -> Option<f64> {
+    common::metric(running.http, series, &[]).await
 }
 
 #[test]
@@ -135,14 +100,11 @@ async fn an_empty_load_is_a_warning_a_gauge_and_a_count() {
     assert!(stdout.contains("OK: 0 files, 0 domains, 0 rules, 1 warnings"), "{stdout}");
 
     let running = start(dir.path(), &[]);
-    assert_eq!(metric(&running, "sluicegate_config_domains").await.as_deref(), Some("0"));
-    assert_eq!(metric(&running, "sluicegate_config_empty_loads_total").await.as_deref(), Some("1"));
+    assert_eq!(metric(&running, "sluicegate_config_domains").await, Some(0.0));
+    assert_eq!(metric(&running, "sluicegate_config_empty_loads_total").await, Some(1.0));
     dir.write("a.yaml", &rules("a", 5));
-    eventually("the first domain", || async {
-        metric(&running, "sluicegate_config_domains").await.as_deref() == Some("1")
-    })
-    .await;
-    assert_eq!(metric(&running, "sluicegate_config_empty_loads_total").await.as_deref(), Some("1"));
+    eventually("the first domain", || async { metric(&running, "sluicegate_config_domains").await == Some(1.0) }).await;
+    assert_eq!(metric(&running, "sluicegate_config_empty_loads_total").await, Some(1.0));
     let mut logged = running.seen.clone();
     logged.extend(stop(running));
     assert!(logged.iter().any(|l| l.contains("warning: no rule file defines a domain")), "{logged:?}");
@@ -155,7 +117,7 @@ async fn refusing_empty_loads_keeps_the_rules_until_a_good_edit() {
     let running = start(dir.path(), &[("CONFIG_REFUSE_EMPTY", "true")]);
     std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
     eventually("the refused load", || async {
-        metric(&running, "ratelimit_service_config_load_error").await.as_deref() == Some("1")
+        metric(&running, "ratelimit_service_config_load_error").await == Some(1.0)
     })
     .await;
     assert!(rlconfig(&running).await.contains("a.k: unit=HOUR requests_per_unit=5"), "the old rules still serve");
@@ -181,21 +143,8 @@ async fn refusing_an_empty_first_load_stops_start_up_unless_forced() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("CONFIG_REFUSE_EMPTY=true refuses"), "{stdout}");
 
-    let mut child = sluicegate()
-        .env_clear()
-        .env("CONFIG_REFUSE_EMPTY", "true")
-        .arg("--config")
-        .arg(dir.path())
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(15));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr) = exit_and_stderr(loopback(dir.path(), &[("CONFIG_REFUSE_EMPTY", "true")]));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("CONFIG_REFUSE_EMPTY=true refuses"), "{stderr}");
 
     let running = start(dir.path(), &[("CONFIG_REFUSE_EMPTY", "true"), ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true")]);

@@ -20,7 +20,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{Load, burst, env_or, exact_probe, metric, poll_until, rss_kib, serve, write_atomically};
+use common::load::{Load, burst, env_or, exact_probe, metric, rss_kib, serve, write_atomically};
+use common::poll::poll_until;
 use common::redis_server::RedisServer;
 use common::{TempDir, connect, http};
 

@@ -9,14 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
-use common::{TestServer, request};
+use common::{OK, OVER, TestServer, request, request_with_hits};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::google::protobuf::UInt64Value;
 
-const OK: i32 = Code::Ok as i32;
-const OVER: i32 = Code::OverLimit as i32;
 /// A Unix time on a minute boundary (and an hour boundary: 1_699_999_200 + 3_600 * k).
 const T0: u64 = 1_700_002_800;
 
@@ -86,12 +82,7 @@ impl Kind {
                 let mut all = vec![("BACKEND_TYPE", "redis"), ("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT", "2s")];
                 all.extend_from_slice(settings);
                 let server = common::start(&rules, &all, T0).await;
-                let store = server.shared.redis.clone().expect("a Redis store");
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while !store.is_up() {
-                    assert!(std::time::Instant::now() < deadline, "sluicegate did not connect to Redis");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                server.wait_redis_up().await;
                 Backend { server, _redis: Some(redis) }
             }
         }
@@ -109,9 +100,7 @@ impl Backend {
 
     /// One descriptor with its own `hits_addend`.
     async fn ask_hits(&self, entries: &[(&str, &str)], hits: u64) -> RateLimitResponse {
-        let mut req = request("suite", &[entries]);
-        req.descriptors[0].hits_addend = Some(UInt64Value { value: hits });
-        self.server.shared.limiter.should_rate_limit(&req).await.unwrap()
+        self.server.shared.limiter.should_rate_limit(&request_with_hits("suite", entries, hits)).await.unwrap()
     }
 
     fn advance(&self, by: Duration) {
@@ -347,7 +336,7 @@ async fn negative_hits_give_quota_back(kind: Kind) {
     let b = kind.start(&[]).await;
     let give_back = |entries: &'static [(&'static str, &'static str)], hits: u64| {
         let mut req = request("suite", &[entries]);
-        req.descriptors[0].hits_addend = Some(UInt64Value { value: hits });
+        req.descriptors[0].hits_addend = common::hits(hits);
         req.descriptors[0].is_negative_hits = true;
         req
     };

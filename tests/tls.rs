@@ -4,9 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::process::{Running, sigterm, sluicegate, spawn, wait_exit};
+use common::poll::{eventually, poll_until};
+use common::process::{self, Running, sluicegate, stop};
 use common::test_ca::Ca;
 use common::{TempDir, request};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -16,18 +17,8 @@ const RULES: &str = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit:
 
 fn start(dir: &TempDir, env: &[(&str, String)]) -> Running {
     dir.write("rules/d.yaml", RULES);
-    let mut command = sluicegate();
-    command
-        .env_clear()
-        .arg("--config")
-        .arg(dir.path().join("rules"))
-        .args(["--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"])
-        .args(["--debug-host", "127.0.0.1", "--debug-port", "0", "--log-level", "info"])
-        .env("SHUTDOWN_GRACE_PERIOD", "0");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    spawn(command)
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    process::start(&dir.path().join("rules"), &env)
 }
 
 /// Writes a file the way a deployment does: a new file renamed over the old one.
@@ -55,11 +46,6 @@ fn trusting(ca: &Ca) -> ClientTlsConfig {
     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())).domain_name("localhost")
 }
 
-fn stop(mut running: Running) {
-    sigterm(&running.child);
-    assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
-}
-
 #[tokio::test]
 async fn serves_tls_and_rotates_the_certificate_without_a_restart() {
     let dir = TempDir::new("tls");
@@ -84,19 +70,19 @@ async fn serves_tls_and_rotates_the_certificate_without_a_restart() {
     let (cert, key) = other.issue(&["localhost"]);
     replace(&key_path, &key);
     replace(&cert_path, &cert);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&running, Some(trusting(&other))).await.is_err() {
-        assert!(Instant::now() < deadline, "the rotated certificate was not picked up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the rotated certificate is picked up", async || call(&running, Some(trusting(&other))).await.is_ok())
+        .await;
     assert!(call(&running, Some(trusting(&ca))).await.is_err(), "the old certificate is gone");
 
-    // A broken rotation keeps the working certificate.
+    // A broken rotation is logged, and keeps the working certificate.
     replace(&cert_path, "not a certificate");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut logged = Vec::new();
+    poll_until("the broken certificate is reported", Duration::from_secs(10), async || {
+        logged.extend(running.lines.try_iter());
+        logged.iter().any(|l| l.contains("the TLS certificates did not load"))
+    })
+    .await;
     call(&running, Some(trusting(&other))).await.unwrap();
-    let rest: Vec<String> = running.lines.try_iter().collect();
-    assert!(rest.iter().any(|l| l.contains("the TLS certificates did not load")), "{rest:?}");
     stop(running);
 }
 
@@ -137,17 +123,9 @@ fn missing_or_broken_certificates_stop_start_up_clearly() {
     assert!(stderr.contains("GRPC_SERVER_TLS_CERT=\"\" is not valid: GRPC_SERVER_USE_TLS needs it"), "{stderr}");
     let dir = TempDir::new("tls-broken");
     let cert = dir.write("c.pem", "garbage");
-    let output = sluicegate()
-        .env_clear()
-        .args(["--config", "config", "--grpc-server-use-tls", "true", "--host", "127.0.0.1", "--port", "0"])
-        .args(["--grpc-port", "0", "--debug-port", "0"])
-        .arg("--grpc-server-tls-cert")
-        .arg(&cert)
-        .arg("--grpc-server-tls-key")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = process::loopback(Path::new("config"), &[("GRPC_SERVER_USE_TLS", "true")]);
+    command.arg("--grpc-server-tls-cert").arg(&cert).arg("--grpc-server-tls-key").arg(&cert);
+    let (code, stderr) = process::exit_and_stderr(command);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot serve TLS") && stderr.contains("c.pem"), "{stderr}");
 }

@@ -34,31 +34,12 @@ pub fn unix_secs() -> u64 {
 /// The binary serving `dir` (`--config`), on loopback ports of its choosing, with `env`
 /// on top of quiet defaults. Killed when dropped.
 pub fn serve(dir: &TempDir, env: &[(&str, &str)]) -> process::Running {
-    let mut command = process::sluicegate();
-    command
-        .arg("--config")
-        .arg(dir.path())
-        .env_clear()
-        .env("USE_STATSD", "false")
-        .env("HOST", "127.0.0.1")
-        .env("GRPC_HOST", "127.0.0.1")
-        .env("DEBUG_HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
-        .env("DEBUG_PORT", "0")
-        .env("SHUTDOWN_GRACE_PERIOD", "0")
-        .env("LOG_LEVEL", "warn");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    process::spawn(command)
+    process::spawn(process::loopback(dir.path(), env))
 }
 
-/// Resident memory of `pid` in KiB (`/proc/<pid>/statm`, second field, in pages).
+/// Resident memory of `pid` in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4
+    super::rss::resident_bytes_of(&pid.to_string()).unwrap_or(0) as u64 / 1024
 }
 
 /// A value of the Prometheus text on the debug listener's `/metrics`.
@@ -271,16 +252,6 @@ pub async fn exact_probe(
         return t;
     }
     panic!("{label}: three probes in a row straddled a window boundary");
-}
-
-/// Polls `check` every 50 ms until it holds; returns how long that took.
-pub async fn poll_until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut check: F) -> Duration {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
 }
 
 /// Writes `text` to `path` the way `mv` does (a temporary file renamed over it), so a

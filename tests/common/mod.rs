@@ -1,27 +1,38 @@
 //! Test harness shared by the integration tests: temporary rule directories, an
-//! in-process server on loopback port 0 with a fake clock, a real tonic client, and a
-//! tiny HTTP/1.1 client.
+//! in-process server on loopback port 0 with a fake clock, a real tonic client, request
+//! builders and the status codes they are answered with, a tiny HTTP/1.1 client, the
+//! built binary on loopback ports (`process`), and polling with a deadline (`poll`).
 #![allow(dead_code)]
 
 pub mod envoy;
 pub mod load;
+pub mod poll;
 pub mod raw_grpc;
 pub mod redis_server;
+pub mod rss;
 pub mod test_ca;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use sluicegate::app::{Server, Shared};
 use sluicegate::clock::FakeClock;
 use sluicegate::settings::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
+
+/// The answer codes, as the `i32`s a response carries.
+pub const OK: i32 = Code::Ok as i32;
+pub const OVER: i32 = Code::OverLimit as i32;
+pub const UNKNOWN: i32 = Code::Unknown as i32;
 
 /// A directory under the system temp dir, removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -98,6 +109,12 @@ impl TestServer {
         connect(self.grpc).await
     }
 
+    /// Waits until the server's Redis store is connected (it must have one).
+    pub async fn wait_redis_up(&self) {
+        let store = self.shared.redis.clone().expect("a Redis store");
+        poll::poll_until("sluicegate connects to Redis", Duration::from_secs(15), async || store.is_up()).await;
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -129,6 +146,18 @@ pub fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitReques
     }
 }
 
+/// A descriptor's own `hits_addend` (0: check without counting).
+pub fn hits(value: u64) -> Option<UInt64Value> {
+    Some(UInt64Value { value })
+}
+
+/// A request with one descriptor carrying its own `hits_addend`.
+pub fn request_with_hits(domain: &str, entries: &[(&str, &str)], value: u64) -> RateLimitRequest {
+    let mut request = request(domain, &[entries]);
+    request.descriptors[0].hits_addend = hits(value);
+    request
+}
+
 /// One HTTP/1.1 request; returns the status code and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     // Connection errors come back as status 0, so polling loops can keep polling.
@@ -150,13 +179,13 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     (status, body)
 }
 
-/// The value of the series `name` with `labels` (among others) in the Prometheus text
-/// served at `addr`'s `/metrics`, if it is there.
+/// The value of the series `name` with `labels` (among others; none for a series
+/// without labels) in the Prometheus text served at `addr`'s `/metrics`, if it is there.
 pub async fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let (_, text) = http(addr, "GET", "/metrics", "").await;
-    let prefix = format!("{name}{{");
     text.lines()
-        .filter(|l| l.starts_with(&prefix) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
@@ -188,6 +217,65 @@ pub mod process {
 
     pub fn sluicegate() -> Command {
         Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+    }
+
+    /// Settings every spawned server gets: nothing from the test's own environment,
+    /// every listener on a loopback port of its choosing, no statsd, no shutdown grace,
+    /// quiet logs.
+    pub fn loopback_env(command: &mut Command) -> &mut Command {
+        command
+            .env_clear()
+            .env("USE_STATSD", "false")
+            .env("HOST", "127.0.0.1")
+            .env("GRPC_HOST", "127.0.0.1")
+            .env("DEBUG_HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("GRPC_PORT", "0")
+            .env("DEBUG_PORT", "0")
+            .env("SHUTDOWN_GRACE_PERIOD", "0")
+            .env("LOG_LEVEL", "warn")
+    }
+
+    /// The binary serving `--config <config>` with [`loopback_env`] and `env` on top.
+    pub fn loopback(config: &std::path::Path, env: &[(&str, &str)]) -> Command {
+        let mut command = sluicegate();
+        loopback_env(&mut command).arg("--config").arg(config);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Starts the binary serving `--config <config>` on loopback ports, logging at info
+    /// (so tests can look for what it logs), with `env` on top.
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
+        let mut command = loopback(config, &[("LOG_LEVEL", "info")]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        spawn(command)
+    }
+
+    /// Runs `command`, which should fail at start-up, to its exit: its exit code and what
+    /// it printed on stderr. Killed past 15 s, so one that serves instead fails the test
+    /// rather than hanging it.
+    pub fn exit_and_stderr(mut command: Command) -> (Option<i32>, String) {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        (status.code(), reader.join().unwrap())
+    }
+
+    /// SIGTERM, a clean exit (code 0), and the lines it logged after start-up.
+    pub fn stop(mut running: Running) -> Vec<String> {
+        sigterm(&running.child);
+        assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
+        running.lines.try_iter().collect()
     }
 
     pub fn address_in(line: &str, prefix: &str) -> Option<SocketAddr> {
@@ -225,21 +313,12 @@ pub mod process {
         Running { child, lines, seen, grpc: grpc.unwrap(), http: http.unwrap(), debug: debug.unwrap() }
     }
 
+    /// The reference's layout: `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config`, on loopback.
     pub fn reference_env(command: &mut Command, root: &std::path::Path) {
-        command
-            .env_clear()
+        loopback_env(command)
             .env("RUNTIME_ROOT", root)
             .env("RUNTIME_SUBDIRECTORY", "ratelimit")
-            .env("RUNTIME_WATCH_ROOT", "false")
-            .env("USE_STATSD", "false")
-            .env("HOST", "127.0.0.1")
-            .env("GRPC_HOST", "127.0.0.1")
-            .env("DEBUG_HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("GRPC_PORT", "0")
-            .env("DEBUG_PORT", "0")
-            .env("SHUTDOWN_GRACE_PERIOD", "0")
-            .env("LOG_LEVEL", "warn");
+            .env("RUNTIME_WATCH_ROOT", "false");
     }
 
     pub fn sigterm(child: &Child) {
