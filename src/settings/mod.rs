@@ -6,7 +6,7 @@
 //! broken deployment in one round. `main` exits with code 64 (`EX_USAGE`) on any error.
 //!
 //! Each setting is declared once, as a typed [`Setting`] constant in the file of its
-//! subsystem (`listeners`, `rules`, `backend`, `service`, `logging`, `stats`), and read
+//! subsystem (`listeners`, `rules`, `xds`, `backend`, `service`, `logging`, `stats`), and read
 //! through that constant; [`SPECS`] lists them all. Defaults that a module owns (its
 //! `DEFAULT_*` constants) are taken from it, not written again.
 //!
