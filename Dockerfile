@@ -27,6 +27,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sluicegate
 COPY --from=build /src/target/release/sluicegate /usr/local/bin/sluicegate
+# Envoy Gateway runs the reference's path, /bin/ratelimit (examples/envoy-gateway).
+RUN ln -s /usr/local/bin/sluicegate /usr/bin/ratelimit
 COPY config/ /srv/runtime_data/current/sluicegate/config/
 ENV RUNTIME_ROOT=/srv/runtime_data/current \
     RUNTIME_SUBDIRECTORY=sluicegate \

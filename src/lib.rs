@@ -52,3 +52,4 @@ pub mod stats;
 pub mod store;
 pub mod tls;
 pub mod watch;
+pub mod xds;

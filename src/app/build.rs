@@ -67,9 +67,14 @@ impl Server {
         let loader = ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
             .on_empty(settings.empty_config);
         let reloader = Arc::new(Reloader::new(loader, Arc::new(installer)));
-        // Watch first, load second: a change during the load still reloads.
-        let watching = snapshot::arm(&settings.config_source);
-        if let Err(diags) = reloader.reload() {
+        // With CONFIG_TYPE=GRPC_XDS_SOTW no file is watched or loaded: `run` starts the xDS
+        // client instead. Otherwise: watch first, load second (a change during the load
+        // still reloads).
+        let (watching, first_load) = match &settings.xds {
+            Some(_) => (crate::watch::Watching::arm_targets(Box::new(Vec::new)), Ok(())),
+            None => (snapshot::arm(&settings.config_source), Err(())),
+        };
+        if let Err(diags) = first_load.or_else(|()| reloader.reload()) {
             if !settings.force_start_without_initial_config {
                 return Err(StartError::Config(diags));
             }

@@ -27,6 +27,28 @@ impl Started {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Started { shared, watching, tls, settings, grpc_listeners, http_listener, debug_listener, .. } = self;
         let (stop_tx, stop_rx) = ShutdownTrigger::new();
+        // The xDS provider: start the client; without FORCE_START_WITHOUT_INITIAL_CONFIG,
+        // serve nothing until the first config is in force (as the reference waits for
+        // its first config event).
+        let mut shutdown = std::pin::pin!(shutdown);
+        if let Some(options) = settings.xds.clone() {
+            tokio::spawn(crate::xds::client::run(options, shared.reloader.clone(), stop_rx.clone()));
+            if !settings.force_start_without_initial_config {
+                tracing::warn!("waiting for the first rate limit config from the xDS server");
+                let first_config = async {
+                    while shared.reloader.version_in_force().is_none() {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = first_config => {}
+                    _ = &mut shutdown => {
+                        stop_tx.trigger();
+                        return Ok(());
+                    }
+                }
+            }
+        }
 
         let (reporter, health_server) = tonic_health::server::health_reporter();
         let health_task = tokio::spawn(grpc::follow_health(shared.health.clone(), reporter));

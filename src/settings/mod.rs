@@ -6,7 +6,7 @@
 //! broken deployment in one round. `main` exits with code 64 (`EX_USAGE`) on any error.
 //!
 //! Each setting is declared once, as a typed [`Setting`] constant in the file of its
-//! subsystem (`listeners`, `rules`, `backend`, `service`, `logging`, `stats`), and read
+//! subsystem (`listeners`, `rules`, `xds`, `backend`, `service`, `logging`, `stats`), and read
 //! through that constant; [`SPECS`] lists them all. Defaults that a module owns (its
 //! `DEFAULT_*` constants) are taken from it, not written again.
 //!
@@ -35,6 +35,7 @@ mod setting;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+pub mod xds;
 
 pub use backend::Backend;
 pub use listeners::Listen;
@@ -49,7 +50,7 @@ pub use setting::{Setting, Spec};
 pub const SPECS: &[Spec] = &ALL_SPECS;
 
 const GROUPS: &[&[Spec]] =
-    &[listeners::SPECS, rules::SPECS, backend::SPECS, service::SPECS, logging::SPECS, stats::SPECS];
+    &[listeners::SPECS, rules::SPECS, xds::SPECS, backend::SPECS, service::SPECS, logging::SPECS, stats::SPECS];
 const ALL_SPECS: [Spec; setting::total_len(GROUPS)] = setting::concat(GROUPS);
 
 /// Reference settings accepted for compatibility that change nothing here; setting one
@@ -141,6 +142,9 @@ pub struct Settings {
     /// What one client can cost: connection caps and timeouts of every listener.
     pub connection_limits: ConnectionLimits,
     pub config_source: ConfigSource,
+    /// The xDS provider's options: `Some` with `CONFIG_TYPE=GRPC_XDS_SOTW`, whose rules
+    /// replace `config_source`'s.
+    pub xds: Option<crate::xds::XdsOptions>,
     /// `MERGE_DOMAIN_CONFIG`, `DEFAULT_ALGORITHM`, `CONFIG_MAX_RULES`.
     pub rules: BuildOptions,
     pub force_start_without_initial_config: bool,
@@ -199,7 +203,9 @@ impl Settings {
         let mut warnings = Vec::new();
 
         let listeners = listeners::read(&mut r);
-        let config_source = rules::config_source(&mut r, config_paths, &mut warnings);
+        let use_xds = r.get(&rules::CONFIG_TYPE);
+        let config_source = rules::config_source(&mut r, config_paths, use_xds, &mut warnings);
+        let xds = xds::read(&mut r, use_xds);
         let build = rules::build_options(&mut r);
         let force_start_without_initial_config = r.get(&rules::FORCE_START_WITHOUT_INITIAL_CONFIG);
         let empty_config = r.get(&rules::CONFIG_REFUSE_EMPTY);
@@ -226,6 +232,7 @@ impl Settings {
             debug,
             connection_limits,
             config_source,
+            xds,
             rules: build,
             force_start_without_initial_config,
             empty_config,

@@ -12,13 +12,13 @@ use crate::limiter::Algorithm;
 use crate::rules::{BuildOptions, DEFAULT_MAX_RULES};
 
 settings! {
-    CONFIG_TYPE: () = "FILE",
+    CONFIG_TYPE: bool = "FILE",
         |s| match s.to_ascii_uppercase().as_str() {
-            "FILE" => Ok(()),
-            "GRPC_XDS_SOTW" => Err("the xDS config provider is not supported; use FILE".into()),
-            _ => Err("expected FILE".into()),
+            "FILE" => Ok(false),
+            "GRPC_XDS_SOTW" => Ok(true),
+            _ => Err("expected FILE or GRPC_XDS_SOTW".into()),
         },
-        "Where rules come from; only FILE is supported";
+        "Where rules come from: FILE, or GRPC_XDS_SOTW (an xDS control plane; the CONFIG_GRPC_XDS_* settings)";
     RUNTIME_ROOT: String = "/srv/runtime_data/current", text, "Runtime root directory (reference layout)";
     RUNTIME_SUBDIRECTORY: String = "", text, "Subdirectory of RUNTIME_ROOT holding the rules (reference layout)";
     RUNTIME_APPDIRECTORY: String = "config", text, "Directory under the subdirectory with the rule files";
@@ -42,13 +42,14 @@ settings! {
 }
 
 /// Where the rules come from: the `--config` paths if any (the `RUNTIME_*` layout is
-/// then ignored, with a warning if set), else the reference's layout.
+/// then ignored, with a warning if set), else the reference's layout (which may be unset
+/// when `use_xds`: the rules then come from the xDS provider).
 pub(super) fn config_source(
     r: &mut Reader<'_>,
     config_paths: Vec<PathBuf>,
+    use_xds: bool,
     warnings: &mut Vec<String>,
 ) -> ConfigSource {
-    r.get(&CONFIG_TYPE);
     let layout = RuntimeLayout {
         root: PathBuf::from(r.get(&RUNTIME_ROOT)),
         subdirectory: r.get(&RUNTIME_SUBDIRECTORY),
@@ -66,7 +67,7 @@ pub(super) fn config_source(
         }
         return ConfigSource::Paths(config_paths);
     }
-    if layout.subdirectory.is_empty() {
+    if layout.subdirectory.is_empty() && !use_xds {
         r.invalid(
             RUNTIME_SUBDIRECTORY.env,
             "\"\"",

@@ -176,9 +176,9 @@ fn redis_settings_without_redis_are_pointed_out() {
 
 #[test]
 fn unsupported_providers_and_backends_are_named() {
-    let err = parse(&[("CONFIG_TYPE", "GRPC_XDS_SOTW"), ("BACKEND_TYPE", "memcache")]).unwrap_err();
+    let err = parse(&[("CONFIG_TYPE", "GRPC_XDS_DELTA"), ("BACKEND_TYPE", "memcache")]).unwrap_err();
     assert_eq!(err.0.len(), 2, "{err}");
-    assert!(err.0[0].contains("xDS"));
+    assert!(err.0[0].contains("expected FILE or GRPC_XDS_SOTW"), "{err}");
     assert!(err.0[1].contains("memcache is not supported"));
 }
 
@@ -288,6 +288,7 @@ fn every_default_parses_with_its_own_parser() {
     let groups = [
         listeners::check_defaults(),
         rules::check_defaults(),
+        xds::check_defaults(),
         backend::check_defaults(),
         service::check_defaults(),
         logging::check_defaults(),

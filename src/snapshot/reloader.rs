@@ -61,7 +61,18 @@ impl Reloader {
     /// Loads the files and, if every one is fine, swaps the new rules in. Returns the
     /// errors of a failed load (the previous rules stay).
     pub fn reload(&self) -> Result<(), Diagnostics> {
-        match self.loader.load() {
+        self.apply(self.loader.load())
+    }
+
+    /// The version of the rules in force, if any.
+    pub fn version_in_force(&self) -> Option<u64> {
+        self.install.version_in_force()
+    }
+
+    /// Puts a snapshot loaded elsewhere (the xDS provider) in force, or records its
+    /// failure and keeps the rules in force: the one install path of every rule source.
+    pub fn apply(&self, loaded: Result<ConfigSnapshot, Diagnostics>) -> Result<(), Diagnostics> {
+        match loaded {
             Ok(snapshot) => {
                 for w in snapshot.warnings.warnings() {
                     tracing::warn!("{w}");

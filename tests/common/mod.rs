@@ -4,6 +4,7 @@
 //! built binary on loopback ports (`process`), and polling with a deadline (`poll`).
 #![allow(dead_code)]
 
+pub mod control_plane;
 pub mod envoy;
 pub mod load;
 pub mod poll;
