@@ -64,6 +64,9 @@ const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level
 const RESPONSE_TIME_BUCKETS: &[f64] =
     &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
 
+/// Spans tracing did not export, by `reason` (`queue_full`, `export_failed`).
+pub const TRACE_SPANS_DROPPED: &str = "sluicegate_trace_spans_dropped_total";
+
 /// The reference's default `NEAR_LIMIT_RATIO`.
 pub const DEFAULT_NEAR_LIMIT_RATIO: f32 = 0.8;
 
