@@ -69,6 +69,8 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
     ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
     ("USE_DOG_STATSD", "not supported"),
+    ("USE_DOG_STATSD_MOGRIFIERS", "not supported (DogStatsD is not)"),
+    ("PROMETHEUS_MAPPER_YAML", "the Prometheus names are fixed, the reference's default mapping"),
     ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported; CONSUME=all_or_nothing is the exact version"),
     ("REDIS_PIPELINE_WINDOW", "every request is already one pipeline"),
     ("REDIS_PIPELINE_LIMIT", "every request is already one pipeline"),
