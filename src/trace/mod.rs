@@ -13,7 +13,7 @@ pub mod otlp;
 use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use metrics::Counter;
 use tokio::sync::mpsc;
@@ -158,9 +158,8 @@ fn sample(rate: f64, trace_id: &[u8; 16]) -> bool {
 }
 
 /// Wall-clock time: a span's times are for the collector, not the limiter's clock.
-#[expect(clippy::disallowed_methods, reason = "spans carry wall-clock times")]
 fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    crate::clock::wall_clock_now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A random non-zero `u64` (a per-thread xorshift seeded from the process's random state).

@@ -94,3 +94,32 @@ pub struct AnyValue {
 pub fn attribute(key: &str, value: &str) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { string_value: Some(value.to_string()) }) }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    /// The field numbers and wire types are OTLP's: each field's first key byte.
+    #[test]
+    fn fields_have_the_protocol_numbers() {
+        let span = Span {
+            trace_id: vec![1],
+            start_time_unix_nano: 1,
+            attributes: vec![attribute("k", "v")],
+            status: Some(Status { message: String::new(), code: 2 }),
+            ..Span::default()
+        };
+        let bytes = span.encode_to_vec();
+        // trace_id: field 1, length-delimited; start time: field 7, fixed64;
+        // attributes: field 9, length-delimited; status: field 15, length-delimited.
+        for key in [0x0a, 0x39, 0x4a, 0x7a] {
+            assert!(bytes.contains(&key), "{key:#x} in {bytes:x?}");
+        }
+        assert_eq!(attribute("k", "v").encode_to_vec(), [0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v']);
+        let request =
+            ExportTraceServiceRequest { resource_spans: vec![ResourceSpans { resource: None, scope_spans: vec![] }] };
+        assert_eq!(request.encode_to_vec(), [0x0a, 0]);
+    }
+}
