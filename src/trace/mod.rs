@@ -194,6 +194,21 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let stats = Stats::new(crate::stats::StatsOptions::default());
+        let (queue, _spans) = mpsc::channel(1);
+        let dropped = stats.counter(TRACE_SPANS_DROPPED, &[("reason", "queue_full")], "Spans not exported");
+        let tracer = Tracer { queue, sampling_rate: 1.0, dropped };
+        for _ in 0..3 {
+            let span = tracer.start_span(&tonic::metadata::MetadataMap::new());
+            tracer.finish(span, "d", "OK", None);
+        }
+        let text = stats.render();
+        let line = text.lines().find(|l| l.starts_with(TRACE_SPANS_DROPPED)).expect("the counter");
+        assert!(line.ends_with(" 2"), "{line}");
+    }
+
+    #[test]
     fn sampling_follows_the_rate() {
         let ids: Vec<[u8; 16]> =
             (0..1000).map(|_| (u128::from(random_u64()) << 64 | u128::from(random_u64())).to_be_bytes()).collect();
