@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse, rate_limit_response};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
@@ -28,6 +28,7 @@ use crate::serve::{self, Endpoint};
 use crate::service::RateLimiter;
 use crate::signal::Shutdown;
 use crate::store::Lane;
+use crate::trace::Tracer;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over the shared [`RateLimiter`]. Each
 /// worker has its own, so its calls go to its own lane of backend connections. (Calls in
@@ -37,12 +38,54 @@ pub struct RlsService {
     limiter: Arc<RateLimiter>,
     /// This worker's lane: per-runtime backend connections are picked by it.
     lane: Lane,
+    /// `TRACING_ENABLED`: a span per call; `None` costs the call one branch.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl RlsService {
     /// The service of gRPC worker `worker`.
     pub fn new(limiter: Arc<RateLimiter>, worker: usize) -> Self {
-        RlsService { limiter, lane: Lane::Worker(worker) }
+        RlsService { limiter, lane: Lane::Worker(worker), tracer: None }
+    }
+
+    /// The same, with a span per call.
+    pub fn traced(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    async fn answer(&self, request: &RateLimitRequest) -> Result<Response<RateLimitResponse>, Status> {
+        let stats = self.limiter.stats();
+        let started = stats.enabled().then(std::time::Instant::now);
+        let result = self.limiter.should_rate_limit_on(request, self.lane).await;
+        if let Some(started) = started {
+            stats.total_requests.increment(1);
+            stats.response_time.record(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Self::answer`] in a span with the domain and the overall code (or the error).
+    async fn answer_traced(
+        &self,
+        tracer: &Tracer,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let span = tracer.start_span(request.metadata());
+        let result = self.answer(request.get_ref()).await;
+        let (code, error) = match &result {
+            Ok(response) => (
+                rate_limit_response::Code::try_from(response.get_ref().overall_code)
+                    .map_or("UNKNOWN", |c| c.as_str_name()),
+                None,
+            ),
+            Err(status) => ("ERROR", Some(status.message().to_string())),
+        };
+        tracer.finish(span, &request.get_ref().domain, code, error);
+        result
     }
 }
 
@@ -52,16 +95,9 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let stats = self.limiter.stats();
-        let started = stats.enabled().then(std::time::Instant::now);
-        let result = self.limiter.should_rate_limit_on(request.get_ref(), self.lane).await;
-        if let Some(started) = started {
-            stats.total_requests.increment(1);
-            stats.response_time.record(started.elapsed().as_secs_f64());
-        }
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(e) => Err(e.into()),
+        match &self.tracer {
+            None => self.answer(request.get_ref()).await,
+            Some(tracer) => self.answer_traced(tracer, request).await,
         }
     }
 }

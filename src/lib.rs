@@ -51,5 +51,6 @@ pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 pub mod xds;

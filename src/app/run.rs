@@ -59,8 +59,9 @@ impl Started {
         let grpc_cap =
             ConnectionCap::new("grpc", limits.grpc.max_connections, AcceptMetrics::new(&shared.stats, "grpc"));
         let grpc_timeouts = TimeoutMetrics::new(&shared.stats, "grpc");
+        let tracer = settings.tracing.clone().map(|options| crate::trace::Tracer::start(options, &shared.stats));
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
-            let rls = RlsService::new(shared.limiter.clone(), index);
+            let rls = RlsService::new(shared.limiter.clone(), index).traced(tracer.clone());
             let calls = Arc::new(CallsInFlight::default());
             in_flight.push(calls.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();

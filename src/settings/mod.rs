@@ -35,6 +35,7 @@ mod setting;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 pub mod xds;
 
 pub use backend::Backend;
@@ -49,8 +50,16 @@ pub use setting::{Setting, Spec};
 /// `REDIS_SOCKET_TYPE`).
 pub const SPECS: &[Spec] = &ALL_SPECS;
 
-const GROUPS: &[&[Spec]] =
-    &[listeners::SPECS, rules::SPECS, xds::SPECS, backend::SPECS, service::SPECS, logging::SPECS, stats::SPECS];
+const GROUPS: &[&[Spec]] = &[
+    listeners::SPECS,
+    rules::SPECS,
+    xds::SPECS,
+    backend::SPECS,
+    service::SPECS,
+    logging::SPECS,
+    stats::SPECS,
+    trace::SPECS,
+];
 const ALL_SPECS: [Spec; setting::total_len(GROUPS)] = setting::concat(GROUPS);
 
 /// Reference settings accepted for compatibility that change nothing here; setting one
@@ -60,7 +69,8 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("PROMETHEUS_ADDR", "Prometheus metrics are served on the HTTP and debug ports"),
     ("PROMETHEUS_PATH", "Prometheus metrics are served on /metrics"),
     ("USE_DOG_STATSD", "not supported"),
-    ("TRACING_ENABLED", "not supported"),
+    ("USE_DOG_STATSD_MOGRIFIERS", "not supported (DogStatsD is not)"),
+    ("PROMETHEUS_MAPPER_YAML", "the Prometheus names are fixed, the reference's default mapping"),
     ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "not supported; CONSUME=all_or_nothing is the exact version"),
     ("REDIS_PIPELINE_WINDOW", "every request is already one pipeline"),
     ("REDIS_PIPELINE_LIMIT", "every request is already one pipeline"),
@@ -154,6 +164,8 @@ pub struct Settings {
     pub memory_max_counters: usize,
     pub service: ServiceOptions,
     pub stats: StatsOptions,
+    /// `TRACING_*`: `Some` when `TRACING_ENABLED`.
+    pub tracing: Option<crate::trace::TraceOptions>,
     pub healthy_with_at_least_one_config_loaded: bool,
     pub shutdown_grace_period: Duration,
     pub log_level: tracing::level_filters::LevelFilter,
@@ -217,6 +229,7 @@ impl Settings {
         let log_level = r.get(&logging::LOG_LEVEL);
         let log_format = r.get(&logging::LOG_FORMAT);
         let stats = stats::read(&mut r, near_limit_ratio);
+        let tracing = trace::read(&mut r);
 
         for (name, why) in IGNORED {
             if r.is_set(name) {
@@ -240,6 +253,7 @@ impl Settings {
             memory_max_counters,
             service,
             stats,
+            tracing,
             healthy_with_at_least_one_config_loaded,
             shutdown_grace_period,
             log_level,

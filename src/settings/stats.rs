@@ -48,6 +48,8 @@ settings! {
             _ => Err(format!("expected a whole number of at least {MIN_LABEL_BYTES}")),
         },
         "Longest label value taken from a request; a longer one shows a prefix and a hash of the whole (at least 32)";
+    PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS: bool = "false", parse_bool,
+        "Report ratelimit_service_response_time_seconds in milliseconds (the reference's legacy scale)";
 }
 
 /// `k1:v1,k2:v2`; empty items are skipped.
@@ -82,5 +84,6 @@ pub(super) fn read(r: &mut Reader<'_>, near_limit_ratio: f32) -> StatsOptions {
         extra_tags,
         statsd: use_statsd.then_some(statsd),
         value_series,
+        response_time_as_milliseconds: r.get(&PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS),
     }
 }

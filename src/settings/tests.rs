@@ -293,6 +293,7 @@ fn every_default_parses_with_its_own_parser() {
         service::check_defaults(),
         logging::check_defaults(),
         stats::check_defaults(),
+        trace::check_defaults(),
     ];
     let bad = groups.concat();
     assert!(bad.is_empty(), "{bad:?}");
@@ -330,4 +331,21 @@ fn decimal_writes_numbers_at_compile_time() {
     const TEN: &str = decimal!(10);
     const MAX: &str = decimal!(u64::MAX);
     assert_eq!([ZERO, TEN, MAX], ["0", "10", "18446744073709551615"]);
+}
+
+#[test]
+fn tracing_is_off_by_default_and_finds_its_endpoint_as_the_otel_variables_say() {
+    assert_eq!(parse(&[]).unwrap().tracing, None);
+    let endpoint = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("TRACING_ENABLED", "true")];
+        all.extend_from_slice(pairs);
+        parse(&all).unwrap().tracing.expect("tracing on").endpoint
+    };
+    assert_eq!(endpoint(&[]), "http://localhost:4318/v1/traces");
+    assert_eq!(endpoint(&[("TRACING_EXPORTER_PROTOCOL", "grpc")]), "http://localhost:4317");
+    assert_eq!(endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]), "http://c:4318/v1/traces");
+    let traces = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:1"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:2/x")];
+    assert_eq!(endpoint(&traces), "http://t:2/x");
+    assert!(parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).is_err());
+    assert!(parse(&[("TRACING_EXPORTER_PROTOCOL", "udp")]).is_err());
 }

@@ -31,6 +31,7 @@ pub mod backend;
 mod exposition;
 mod label;
 mod listener;
+mod millis;
 mod rule_series;
 mod rule_stats;
 pub mod statsd;
@@ -63,6 +64,9 @@ const METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level
 const RESPONSE_TIME_BUCKETS: &[f64] =
     &[0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
 
+/// Spans tracing did not export, by `reason` (`queue_full`, `export_failed`).
+pub const TRACE_SPANS_DROPPED: &str = "sluicegate_trace_spans_dropped_total";
+
 /// The reference's default `NEAR_LIMIT_RATIO`.
 pub const DEFAULT_NEAR_LIMIT_RATIO: f32 = 0.8;
 
@@ -79,6 +83,9 @@ pub struct StatsOptions {
     pub statsd: Option<statsd::StatsdOptions>,
     /// `STATS_MAX_VALUE_*`: the caps on series named by request values.
     pub value_series: ValueSeriesLimits,
+    /// `PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS`: the Prometheus response-time
+    /// histogram in milliseconds, as the reference's legacy mapping ([`millis`]).
+    pub response_time_as_milliseconds: bool,
 }
 
 /// Every metric, registered with the Prometheus recorder (and statsd, if enabled).
@@ -124,11 +131,11 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
 
 impl Stats {
     pub fn new(options: StatsOptions) -> Arc<Stats> {
+        let millis = options.response_time_as_milliseconds;
+        let scale = if millis { 1000.0 } else { 1.0 };
+        let buckets: Vec<f64> = RESPONSE_TIME_BUCKETS.iter().map(|b| b * scale).collect();
         let mut builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full("ratelimit_service_response_time_seconds".into()),
-                RESPONSE_TIME_BUCKETS,
-            )
+            .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(millis::RESPONSE_TIME.into()), &buckets)
             .expect("the bucket list is not empty");
         for (k, v) in &options.extra_tags {
             builder = builder.add_global_label(k.clone(), v.clone());
@@ -136,9 +143,13 @@ impl Stats {
         let prometheus = builder.build_recorder();
         let handle = prometheus.handle();
         let statsd = options.statsd.clone().map(|o| Arc::new(statsd::StatsdSink::new(o, &options.extra_tags)));
-        let recorder: Box<dyn Recorder + Send + Sync> = match &statsd {
-            Some(sink) => Box::new(statsd::Both(prometheus, statsd::StatsdRecorder(sink.clone()))),
-            None => Box::new(prometheus),
+        let recorder: Box<dyn Recorder + Send + Sync> = match (&statsd, millis) {
+            (Some(sink), false) => Box::new(statsd::Both(prometheus, statsd::StatsdRecorder(sink.clone()))),
+            (Some(sink), true) => {
+                Box::new(statsd::Both(millis::Millis(prometheus), statsd::StatsdRecorder(sink.clone())))
+            }
+            (None, false) => Box::new(prometheus),
+            (None, true) => Box::new(millis::Millis(prometheus)),
         };
         let counter = |name: &'static str, l: &[(&str, &str)]| {
             recorder.register_counter(&Key::from_parts(name, labels(l)), &METADATA)

@@ -202,3 +202,21 @@ fn the_worst_case_exposition_stays_within_the_documented_bound() {
     eprintln!("worst-case exposition with the default caps: {size} bytes");
     assert!(size < 13_000_000, "{size} bytes");
 }
+
+#[test]
+fn response_time_is_in_milliseconds_when_asked() {
+    let sum = |millis: bool| {
+        let stats = Stats::new(StatsOptions { response_time_as_milliseconds: millis, ..StatsOptions::default() });
+        stats.response_time.record(0.25);
+        stats.upkeep();
+        let text = stats.render();
+        let sum = text
+            .lines()
+            .find(|l| l.starts_with("ratelimit_service_response_time_seconds_sum"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no sum in\n{text}"));
+        (sum, text.contains("le=\"1000\""))
+    };
+    assert_eq!(sum(false), (0.25, false));
+    assert_eq!(sum(true), (250.0, true));
+}

@@ -7,6 +7,7 @@
 pub mod control_plane;
 pub mod envoy;
 pub mod load;
+pub mod otlp;
 pub mod poll;
 pub mod raw_grpc;
 pub mod redis_server;
