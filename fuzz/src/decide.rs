@@ -137,7 +137,7 @@ pub fn check(data: &[u8]) {
     let Ok(script) = Script::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let limiter = limiter(if script.all_or_nothing { Consume::AllOrNothing } else { Consume::Always });
     let config = fixture().config.load();
-    let rules = &config.as_deref().expect("loaded").rules;
+    let rules = &config.as_deref().expect("loaded").snapshot.rules;
     let mut model = Model::default();
     for call in script.calls.iter().take(64) {
         let request = call.request();
