@@ -82,7 +82,21 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "connections are multiplexed and never run out"),
     ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "health always follows the Redis connection"),
     ("REDIS_STARTUP_MAX_ELAPSED_TIME", "sluicegate retries for ever, answering by BACKEND_FAILURE_POLICY meanwhile"),
+    // The memcache backend is refused (BACKEND_TYPE=memcache names these), so its
+    // settings could only be leftovers of a reference deployment: say so.
+    ("MEMCACHE_HOST_PORT", MEMCACHE),
+    ("MEMCACHE_SRV", MEMCACHE),
+    ("MEMCACHE_SRV_REFRESH", MEMCACHE),
+    ("MEMCACHE_MAX_IDLE_CONNS", MEMCACHE),
+    ("MEMCACHE_TLS", MEMCACHE),
+    ("MEMCACHE_TLS_CLIENT_CERT", MEMCACHE),
+    ("MEMCACHE_TLS_CLIENT_KEY", MEMCACHE),
+    ("MEMCACHE_TLS_CACERT", MEMCACHE),
+    ("MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION", MEMCACHE),
 ];
+
+/// Why every `MEMCACHE_*` setting is ignored.
+const MEMCACHE: &str = "memcached is not supported; counters live in memory or Redis (BACKEND_TYPE)";
 
 /// Where settings come from.
 pub trait Source {

@@ -180,6 +180,20 @@ fn unsupported_providers_and_backends_are_named() {
     assert_eq!(err.0.len(), 2, "{err}");
     assert!(err.0[0].contains("expected FILE or GRPC_XDS_SOTW"), "{err}");
     assert!(err.0[1].contains("memcache is not supported"));
+    assert!(err.0[1].contains("MEMCACHE_HOST_PORT"), "the refusal names the settings that go with it: {err}");
+}
+
+#[test]
+fn memcache_settings_are_named_as_ignored() {
+    let s = parse(&[("MEMCACHE_HOST_PORT", "memcached:11211"), ("MEMCACHE_MAX_IDLE_CONNS", "100")]).unwrap();
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0]
+            .starts_with("MEMCACHE_HOST_PORT is set but has no effect in sluicegate: memcached is not supported")
+    );
+    assert!(s.warnings[1].starts_with("MEMCACHE_MAX_IDLE_CONNS is set but has no effect"), "{:?}", s.warnings);
+    let memcache: Vec<&str> = IGNORED.iter().map(|(n, _)| *n).filter(|n| n.starts_with("MEMCACHE_")).collect();
+    assert_eq!(memcache.len(), 9, "every MEMCACHE_* setting of the reference: {memcache:?}");
 }
 
 #[test]
