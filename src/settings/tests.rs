@@ -151,6 +151,12 @@ fn every_credential_setting_is_masked_in_errors() {
     for name in secrets {
         assert_eq!(shown(name, "user:s3cret"), "\"***\"", "{name}");
     }
+    // Header lists carry API keys.
+    let headers: Vec<&str> = SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_HEADERS")).collect();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    for name in headers {
+        assert_eq!(shown(name, "api-key=s3cret"), "\"***\"", "{name}");
+    }
     for name in SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_URL")) {
         assert!(!shown(name, "redis://u:s3cret@h,u:s3cret@h:1").contains("s3cret"), "{name}");
     }
@@ -345,21 +351,4 @@ fn decimal_writes_numbers_at_compile_time() {
     const TEN: &str = decimal!(10);
     const MAX: &str = decimal!(u64::MAX);
     assert_eq!([ZERO, TEN, MAX], ["0", "10", "18446744073709551615"]);
-}
-
-#[test]
-fn tracing_is_off_by_default_and_finds_its_endpoint_as_the_otel_variables_say() {
-    assert_eq!(parse(&[]).unwrap().tracing, None);
-    let endpoint = |pairs: &[(&str, &str)]| {
-        let mut all = vec![("TRACING_ENABLED", "true")];
-        all.extend_from_slice(pairs);
-        parse(&all).unwrap().tracing.expect("tracing on").endpoint
-    };
-    assert_eq!(endpoint(&[]), "http://localhost:4318/v1/traces");
-    assert_eq!(endpoint(&[("TRACING_EXPORTER_PROTOCOL", "grpc")]), "http://localhost:4317");
-    assert_eq!(endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]), "http://c:4318/v1/traces");
-    let traces = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:1"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:2/x")];
-    assert_eq!(endpoint(&traces), "http://t:2/x");
-    assert!(parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).is_err());
-    assert!(parse(&[("TRACING_EXPORTER_PROTOCOL", "udp")]).is_err());
 }
