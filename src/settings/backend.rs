@@ -16,7 +16,9 @@ settings! {
         |s| match s.to_ascii_lowercase().as_str() {
             "memory" => Ok(false),
             "redis" => Ok(true),
-            "memcache" => Err("memcache is not supported; use memory or redis".into()),
+            "memcache" => Err("memcache is not supported, nor are the MEMCACHE_* settings (MEMCACHE_HOST_PORT, \
+                               MEMCACHE_SRV, ...); use memory, or redis to share counters between replicas"
+                .into()),
             _ => Err("expected memory or redis".into()),
         },
         "Where counters live: memory (embedded) or redis";
