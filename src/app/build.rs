@@ -104,7 +104,7 @@ impl Server {
                     tracing::warn!(
                         "leased mode (REDIS_LEASING): windows and token buckets are admitted from leases reserved in Redis"
                     );
-                    Store::Leased(Arc::new(LeasedStore::new(redis.clone())))
+                    Store::Leased(Arc::new(LeasedStore::new(redis.clone(), settings.memory_max_counters)))
                 } else {
                     Store::Redis(redis.clone())
                 };

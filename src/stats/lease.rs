@@ -23,7 +23,11 @@ impl Stats {
     pub fn lease(&self) -> LeaseMetrics {
         LeaseMetrics {
             leases: self.counter("sluicegate_lease_taken_total", &[], "Reservations that took units from Redis"),
-            reserved: self.counter("sluicegate_lease_units_reserved_total", &[], "Units reserved from Redis"),
+            reserved: self.counter(
+                "sluicegate_lease_units_reserved_total",
+                &[],
+                "Units taken from Redis by reservations, and one request at a time for cold counters",
+            ),
             returned: self.counter(
                 "sluicegate_lease_units_returned_total",
                 &[],

@@ -35,6 +35,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 pub const IDLE_MS: u64 = 300;
 /// A lease unused this long, and empty, is forgotten.
 const FORGET_MS: u64 = 30_000;
+/// Idle leases are looked for every this many sweeps.
+const FORGET_EVERY: u64 = 10;
 /// How often the metrics are published.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -71,7 +73,7 @@ impl LeasedStore {
     pub async fn sweep(&self, all: bool) {
         let now_ms = self.ms();
         let now = Nanos(self.last_now.load(Ordering::Relaxed));
-        for lease in self.leases.all() {
+        for lease in self.leases.holding() {
             let Ok(sizing) = lease.reserve.try_lock() else { continue };
             let (window, units) = lease.held();
             if units == 0 {
@@ -119,6 +121,11 @@ impl LeasedStore {
                 Err(_) => self.counts.wasted.fetch_add(u64::from(drained), Ordering::Relaxed),
             };
         }
+    }
+
+    /// Forgets leases unused for a while that hold nothing.
+    pub fn forget_idle(&self) {
+        let now_ms = self.ms();
         self.leases.retain(|lease| {
             let (_, units) = lease.held();
             let idle = now_ms.saturating_sub(lease.last_used_ms.load(Ordering::Relaxed));
@@ -144,12 +151,16 @@ async fn heartbeat_loop(store: Arc<LeasedStore>, mut stop: Shutdown) {
 }
 
 async fn sweep_loop(store: Arc<LeasedStore>, mut stop: Shutdown) {
-    loop {
+    for sweeps in 1u64.. {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
             _ = stop.requested() => return,
         }
         store.sweep(false).await;
+        // Every table entry is visited to forget the idle: not at every sweep.
+        if sweeps % FORGET_EVERY == 0 {
+            store.forget_idle();
+        }
     }
 }
 

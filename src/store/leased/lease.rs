@@ -11,7 +11,7 @@
 //!
 //! This module does not talk to Redis; `reserve` does.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hashbrown::HashMap;
@@ -240,18 +240,22 @@ impl Lease {
     }
 }
 
-/// Every lease of this replica, by counter.
+/// Every lease of this replica, by counter, at most `cap` of them.
 #[derive(Debug)]
 pub struct Leases {
     shards: Box<[Shard]>,
     hasher: foldhash::fast::FixedState,
+    count: AtomicUsize,
+    cap: usize,
 }
 
-impl Default for Leases {
-    fn default() -> Self {
+impl Leases {
+    pub fn new(cap: usize) -> Leases {
         Leases {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_1ea5),
+            count: AtomicUsize::new(0),
+            cap,
         }
     }
 }
@@ -262,23 +266,31 @@ impl Leases {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// The lease of the counter under `key`, made if new.
-    pub fn get(&self, key: &[u8], params: &LimitParams, now_ms: u64) -> Arc<Lease> {
+    /// The lease of the counter under `key`, made if new; `None` when it is new and
+    /// the table is full (the counter is then decided per request).
+    pub fn get(&self, key: &[u8], params: &LimitParams, now_ms: u64) -> Option<Arc<Lease>> {
         let shard = self.shard(key);
         if let Some(lease) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key)
             && lease.params == *params
         {
-            return lease.clone();
+            return Some(lease.clone());
         }
         let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
         match map.get(key) {
-            Some(lease) if lease.params == *params => lease.clone(),
-            _ => {
-                // New, or its limit changed with a reload: a fresh lease (the old one's
-                // units go unspent, erring toward rejecting).
+            Some(lease) if lease.params == *params => Some(lease.clone()),
+            Some(_) => {
+                // Its limit changed with a reload: a fresh lease (the old one's units go
+                // unspent, erring toward rejecting).
                 let lease = Arc::new(Lease::new(*params, now_ms));
                 map.insert(key.into(), lease.clone());
-                lease
+                Some(lease)
+            }
+            None if self.count.load(Ordering::Relaxed) >= self.cap => None,
+            None => {
+                let lease = Arc::new(Lease::new(*params, now_ms));
+                map.insert(key.into(), lease.clone());
+                self.count.fetch_add(1, Ordering::Relaxed);
+                Some(lease)
             }
         }
     }
@@ -288,11 +300,12 @@ impl Leases {
         self.shard(key).read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
-    /// Every lease, for the background sweep.
-    pub fn all(&self) -> Vec<Arc<Lease>> {
+    /// The leases holding units, for the background sweep.
+    pub fn holding(&self) -> Vec<Arc<Lease>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            out.extend(shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned());
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(map.values().filter(|lease| lease.held().1 > 0).cloned());
         }
         out
     }
@@ -300,12 +313,15 @@ impl Leases {
     /// Drops leases `keep` says no to.
     pub fn retain(&self, mut keep: impl FnMut(&Lease) -> bool) {
         for shard in self.shards.iter() {
-            shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, lease| keep(lease));
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+            let before = map.len();
+            map.retain(|_, lease| keep(lease));
+            self.count.fetch_sub(before - map.len(), Ordering::Relaxed);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -15,6 +15,7 @@
 //! The per-request store does not know this module: it is wrapped, not changed.
 
 mod background;
+mod fallback;
 pub use background::LeaseCounts;
 mod bucket;
 pub mod lease;
@@ -30,10 +31,12 @@ use futures_util::future::join_all;
 use smallvec::SmallVec;
 
 use super::redis::{Deployment, keys};
-use super::{Applied, Batch, Counter, CounterStore, FailurePolicy, Lane, RedisStore, StoreError};
+use super::{Applied, Batch, Counter, CounterStore, Lane, RedisStore, StoreError};
 use crate::clock::Nanos;
 use crate::limiter::{Algorithm, LimitParams, Outcome, Unit, fixed_window};
 use crate::rules::EntryView;
+use fallback::SHARE_SUFFIX;
+pub use fallback::share_params;
 use lease::{Lease, Leases};
 pub use outcome::window_index;
 use outcome::{admitted_outcome, closed, rejected, unset};
@@ -68,7 +71,9 @@ pub struct LeasedStore {
 }
 
 impl LeasedStore {
-    pub fn new(redis: Arc<RedisStore>) -> LeasedStore {
+    /// Leases in front of `redis`, at most `max_leases` of them (`MEMORY_MAX_COUNTERS`);
+    /// counters past that are decided per request.
+    pub fn new(redis: Arc<RedisStore>, max_leases: usize) -> LeasedStore {
         use std::hash::BuildHasher;
         let random = foldhash::fast::RandomState::default().hash_one(std::process::id());
         let id = format!("{:016x}-{}", random, std::process::id());
@@ -76,7 +81,7 @@ impl LeasedStore {
         LeasedStore {
             horizon_ms,
             redis,
-            leases: Leases::default(),
+            leases: Leases::new(max_leases),
             epoch: Instant::now(),
             live: AtomicU64::new(1),
             last_now: AtomicU64::new(0),
@@ -154,8 +159,11 @@ impl LeasedStore {
         let decision_ms = now.0 / 1_000_000;
         let mut key = Vec::with_capacity(64);
         counter.encode(&mut key);
-        let lease = self.leases.get(&key, params, self.ms());
-        lease.last_used_ms.store(self.ms(), Ordering::Relaxed);
+        let used_at_ms = self.ms();
+        let Some(lease) = self.leases.get(&key, params, used_at_ms) else {
+            return self.per_request(counter, key, now, lane, None).await;
+        };
+        lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);
         if let Some(left) = lease.take(window, hits) {
             return Ok(self.admitted(&lease, window, left, hits, now));
         }
@@ -178,6 +186,11 @@ impl LeasedStore {
             Err(message) => return self.failed(counter, key, now, StoreError { message }),
         };
         let want = sizing.want(lease.spent.load(Ordering::Relaxed), now_ms, hits, self.horizon_ms);
+        if want == hits && params.algorithm == Algorithm::FixedWindow {
+            // Cold: a lease would hold nothing beyond this request, so it is counted as
+            // per-request mode counts it (INCRBY), at per-request mode's cost.
+            return self.per_request(counter, key, now, lane, Some((&lease, window))).await;
+        }
         let mut redis_key = String::with_capacity(64);
         keys::write_key(&mut redis_key, &self.redis.options().key_prefix, counter, now);
         let ask = Ask {
@@ -231,6 +244,41 @@ impl LeasedStore {
         }
     }
 
+    /// Decides one counter as per-request mode does (its script or `INCRBY`), but with
+    /// leased mode's failure policy. With its fixed-window lease, an admission is noted
+    /// as spent from it (a refund may put it back there: the unit was taken from Redis)
+    /// and a full window closes it.
+    async fn per_request<E: EntryView>(
+        &self,
+        counter: &Counter<'_, E>,
+        key: Vec<u8>,
+        now: Nanos,
+        lane: Lane,
+        lease: Option<(&Lease, u32)>,
+    ) -> Result<Applied, StoreError> {
+        self.counts.redis_ops.fetch_add(1, Ordering::Relaxed);
+        let (decided, failure) = self.redis.decide_all(std::slice::from_ref(counter), now, lane).await;
+        if let Some((error, _)) = failure {
+            return self.failed(counter, key, now, error);
+        }
+        let applied = decided[0];
+        if let Some((lease, window)) = lease {
+            lease.set_seen(window, applied.outcome.after);
+            if applied.outcome.over_limit {
+                lease.close(window, now.0 / 1_000_000 + RECHECK_MS);
+            } else {
+                // Taken from Redis like a lease's units, and spent at once.
+                self.counts.reserved.fetch_add(counter.hits, Ordering::Relaxed);
+                lease.spent.fetch_add(counter.hits, Ordering::Relaxed);
+                lease.note_spent(window, counter.hits);
+            }
+        }
+        if !applied.outcome.over_limit {
+            self.counts.admitted.fetch_add(counter.hits, Ordering::Relaxed);
+        }
+        Ok(applied)
+    }
+
     /// A leased counter decided per request: a check (no hits) counts this replica's
     /// unspent leased units as not used; hits given back reopen the lease.
     fn adjust<E: EntryView>(&self, counter: &Counter<'_, E>, applied: Applied, now: Nanos) -> Applied {
@@ -269,29 +317,6 @@ impl LeasedStore {
         lease.note_spent(window, hits);
         self.counts.admitted.fetch_add(hits, Ordering::Relaxed);
         admitted_outcome(lease, window, left, hits, now)
-    }
-
-    /// Redis failed for a leased counter: the failure policy's answer. Under `local` the
-    /// counter is counted in memory against this replica's share of the limit.
-    fn failed<E: EntryView>(
-        &self,
-        counter: &Counter<'_, E>,
-        mut key: Vec<u8>,
-        now: Nanos,
-        error: StoreError,
-    ) -> Result<Applied, StoreError> {
-        self.redis.errors.increment(1);
-        match (self.redis.options().failure_policy, self.redis.fallback()) {
-            (FailurePolicy::Local, Some(fallback)) => {
-                self.redis.fallbacks.fetch_add(1, Ordering::Relaxed);
-                let share = share_params(counter.params, self.live_replicas());
-                key.extend_from_slice(SHARE_SUFFIX);
-                tracing::debug!(error = %error, "Redis failed; counted against this replica's share (leased mode)");
-                Ok(fallback.apply(&key, &share, counter.hits, now))
-            }
-            (FailurePolicy::Allow, _) => Ok(Applied { waived: true, ..unset() }),
-            _ => Err(error),
-        }
     }
 
     /// Takes back hits of leased counters decided at `consumed_at`: into the lease, up to
@@ -375,17 +400,4 @@ impl CounterStore for LeasedStore {
         }
         if others.is_empty() { Ok(()) } else { self.redis.refund_batch(&others, consumed_at, lane).await }
     }
-}
-
-/// Appended to a counter's memory key for its share counter under
-/// `BACKEND_FAILURE_POLICY=local`, so it never meets the per-request fallback's.
-const SHARE_SUFFIX: &[u8] = b"\x00lease-share";
-
-/// This replica's share of a limit while Redis is down: the limit divided by the live
-/// replicas as last seen, rounded down (so the shares never add up to more than it).
-/// A bucket's share is of its rate and of its burst.
-pub fn share_params(params: &LimitParams, live: u64) -> LimitParams {
-    let divide = |n: u32| u32::try_from(u64::from(n) / live.max(1)).unwrap_or(u32::MAX);
-    let burst = (params.algorithm == Algorithm::TokenBucket).then(|| divide(params.burst));
-    LimitParams::new(params.algorithm, divide(params.requests_per_unit), params.unit, params.unit_multiplier, burst)
 }
