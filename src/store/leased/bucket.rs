@@ -182,7 +182,7 @@ impl LeasedStore {
         let mut key = Vec::with_capacity(64);
         counter.encode(&mut key);
         let used_at_ms = self.ms();
-        let Some(lease) = self.leases.get(&key, params, used_at_ms) else {
+        let Some(lease) = self.leases.get(&key, params, used_at_ms, self.horizon_ms) else {
             return self.per_request(counter, key, now, lane, None).await;
         };
         lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);

@@ -240,13 +240,20 @@ impl Lease {
     }
 }
 
-/// Every lease of this replica, by counter, at most `cap` of them.
+/// Slots remembering counters called recently without a lease.
+const RECENT_SLOTS: usize = 1 << 14;
+
+/// Every lease of this replica, by counter, at most `cap` of them. A counter gets a
+/// lease only when called again within the warm-up time: a cold counter (one call now
+/// and then) is decided per request and costs no table entry.
 #[derive(Debug)]
 pub struct Leases {
     shards: Box<[Shard]>,
     hasher: foldhash::fast::FixedState,
     count: AtomicUsize,
     cap: usize,
+    /// `(tag << 32) | ms`: a counter's hash tag and when it was last called unleased.
+    recent: Box<[AtomicU64]>,
 }
 
 impl Leases {
@@ -256,6 +263,7 @@ impl Leases {
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_1ea5),
             count: AtomicUsize::new(0),
             cap,
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -266,14 +274,25 @@ impl Leases {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// The lease of the counter under `key`, made if new; `None` when it is new and
-    /// the table is full (the counter is then decided per request).
-    pub fn get(&self, key: &[u8], params: &LimitParams, now_ms: u64) -> Option<Arc<Lease>> {
-        let shard = self.shard(key);
-        if let Some(lease) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key)
-            && lease.params == *params
-        {
-            return Some(lease.clone());
+    /// The lease of the counter under `key`; made if the counter was last called
+    /// unleased less than `warm_ms` ago and the table has room; else `None` (the
+    /// counter is then decided per request).
+    pub fn get(&self, key: &[u8], params: &LimitParams, now_ms: u64, warm_ms: u64) -> Option<Arc<Lease>> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        match shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            Some(lease) if lease.params == *params => return Some(lease.clone()),
+            Some(_) => {}
+            None => {
+                let tag = hash >> 32;
+                let slot = &self.recent[((hash >> 8) as usize) % RECENT_SLOTS];
+                let last = slot.swap((tag << 32) | (now_ms & 0xffff_ffff), Ordering::Relaxed);
+                let warm = last >> 32 == tag && (now_ms as u32).wrapping_sub(last as u32) < warm_ms as u32;
+                if !warm {
+                    return None;
+                }
+            }
         }
         let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
         match map.get(key) {

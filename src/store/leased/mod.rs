@@ -160,7 +160,7 @@ impl LeasedStore {
         let mut key = Vec::with_capacity(64);
         counter.encode(&mut key);
         let used_at_ms = self.ms();
-        let Some(lease) = self.leases.get(&key, params, used_at_ms) else {
+        let Some(lease) = self.leases.get(&key, params, used_at_ms, self.horizon_ms) else {
             return self.per_request(counter, key, now, lane, None).await;
         };
         lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);
@@ -267,13 +267,13 @@ impl LeasedStore {
             if applied.outcome.over_limit {
                 lease.close(window, now.0 / 1_000_000 + RECHECK_MS);
             } else {
-                // Taken from Redis like a lease's units, and spent at once.
-                self.counts.reserved.fetch_add(counter.hits, Ordering::Relaxed);
                 lease.spent.fetch_add(counter.hits, Ordering::Relaxed);
                 lease.note_spent(window, counter.hits);
             }
         }
         if !applied.outcome.over_limit {
+            // Taken from Redis like a lease's units, and spent at once.
+            self.counts.reserved.fetch_add(counter.hits, Ordering::Relaxed);
             self.counts.admitted.fetch_add(counter.hits, Ordering::Relaxed);
         }
         Ok(applied)
