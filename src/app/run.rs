@@ -19,6 +19,7 @@ use crate::http::{self, HttpState};
 use crate::serve::{CallsInFlight, DRAIN_TIMEOUT, Endpoint, HttpLimits, Protocol, TimeoutMetrics};
 use crate::signal::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
+use crate::store::Store;
 
 use super::background::{statsd_loop, sweep_loop, upkeep_loop};
 use super::{StartError, Started};
@@ -122,6 +123,9 @@ impl Started {
             let serving = move |ok| health.set_backend_ok(ok);
             let main = tokio::runtime::Handle::current();
             background.extend(redis.maintain(&stop_rx, main, runtimes, &shared.stats, serving));
+            if let Store::Leased(leased) = shared.limiter.store() {
+                background.extend(leased.maintain(&stop_rx, &shared.stats));
+            }
         }
         if let Some((tls, watching)) = tls {
             background.push(tokio::spawn(watching.follow(stop_rx.clone(), move || tls.reload())));
