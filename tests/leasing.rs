@@ -36,6 +36,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Load split 50/25/15/10% over four replicas.
+const UNEVEN: [f64; 4] = [0.50, 0.25, 0.15, 0.10];
+
 const RULES: &str = r#"domain: lease
 descriptors:
   - key: hot
@@ -75,6 +78,64 @@ async fn ready(server: &Running) {
         body.contains("\"leased\"") && body.contains("\"up\": true")
     })
     .await;
+}
+
+/// One real Redis and leased replicas of `RULES` (the hot key's limit filled in).
+struct Fleet {
+    redis: RedisServer,
+    dir: TempDir,
+    replicas: Vec<Running>,
+}
+
+impl Fleet {
+    fn start(name: &str, replicas: usize, policy: &str, hot_limit: u64) -> Fleet {
+        let redis = RedisServer::start(&[]);
+        let dir = TempDir::new(name);
+        dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", &hot_limit.to_string()));
+        let replicas = (0..replicas).map(|_| replica(&dir, &redis, policy)).collect();
+        Fleet { redis, dir, replicas }
+    }
+
+    async fn ready(&self) {
+        for r in &self.replicas {
+            ready(r).await;
+        }
+    }
+
+    fn targets(&self) -> Vec<Arc<Mutex<SocketAddr>>> {
+        self.replicas.iter().map(|r| Arc::new(Mutex::new(r.grpc))).collect()
+    }
+}
+
+/// Calls driven at replicas, each answer tallied, until `finish`.
+struct Load {
+    tally: Arc<Mutex<Tally>>,
+    stop: Arc<AtomicBool>,
+    drivers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `rate * share` calls per second on `key` at each target, with its share.
+    fn start(targets: &[Arc<Mutex<SocketAddr>>], rate: f64, shares: &[f64], key: &'static str) -> Load {
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let drivers = targets
+            .iter()
+            .zip(shares)
+            .map(|(t, s)| drive(t.clone(), rate * s, key, tally.clone(), stop.clone()))
+            .collect();
+        Load { tally, stop, drivers }
+    }
+
+    /// Stops the load and lets the last answers land.
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        for d in self.drivers {
+            d.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::mem::take(&mut *self.tally.lock().unwrap())
+    }
 }
 
 /// Answers per window of `window_secs`: `(certain_ok, uncertain_ok)`.
@@ -182,41 +243,24 @@ fn redis_ops(redis: &RedisServer) -> (u64, u64) {
 #[test]
 fn a_hot_key_over_four_replicas_admits_its_limit_per_window_with_few_redis_operations() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-hot");
     // LEASING_HOT_LIMIT scales the test (a slower machine may need less); the load is 3x it.
     let limit = common::load::env_or("LEASING_HOT_LIMIT", 5000);
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", &limit.to_string()));
-    let replicas: Vec<Running> = (0..4).map(|_| replica(&dir, &redis, "error")).collect();
+    let fleet = Fleet::start("leasing-hot", 4, "error", limit);
+    let redis = &fleet.redis;
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
+        fleet.ready().await;
         let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis.connection(None)).unwrap();
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let stop = Arc::new(AtomicBool::new(false));
         // 3x the limit (1500 calls/s), split 50/25/15/10%.
-        let rate = 3.0 * limit as f64 / 10.0;
-        let shares = [0.50, 0.25, 0.15, 0.10];
-        let drivers: Vec<_> = replicas
-            .iter()
-            .zip(shares)
-            .map(|(r, s)| drive(Arc::new(Mutex::new(r.grpc)), rate * s, "hot", tally.clone(), stop.clone()))
-            .collect();
+        let load = Load::start(&fleet.targets(), 3.0 * limit as f64 / 10.0, &UNEVEN, "hot");
         // Run through the end of the next whole window.
         let first_whole = unix_secs() / 10 + 1;
         while unix_secs() < (first_whole + 1) * 10 + 1 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stop.store(true, Ordering::Relaxed);
-        for d in drivers {
-            d.await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let tally = tally.lock().unwrap();
+        let tally = load.finish().await;
         let windows = tally.windows(10);
         let requests = tally.answers.len() as u64;
-        let (round_trips, all) = redis_ops(&redis);
+        let (round_trips, all) = redis_ops(redis);
         println!("hot key: {requests} answers; per window (certain ok, uncertain ok): {windows:?}");
         println!(
             "hot key: Redis round trips {round_trips} ({:.2}% of requests), all commands incl. script-internal {all}",
@@ -242,36 +286,21 @@ fn a_hot_key_over_four_replicas_admits_its_limit_per_window_with_few_redis_opera
 #[test]
 fn a_sliding_window_over_four_replicas_never_admits_more_than_its_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-slide");
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", "5000"));
-    let replicas: Vec<Running> = (0..4).map(|_| replica(&dir, &redis, "error")).collect();
+    let fleet = Fleet::start("leasing-slide", 4, "error", 5000);
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
+        fleet.ready().await;
+        let redis = &fleet.redis;
         let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis.connection(None)).unwrap();
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let stop = Arc::new(AtomicBool::new(false));
         // 3x the limit of 1000 per 4 s, split 50/25/15/10%.
-        let drivers: Vec<_> = replicas
-            .iter()
-            .zip([0.50, 0.25, 0.15, 0.10])
-            .map(|(r, s)| drive(Arc::new(Mutex::new(r.grpc)), 750.0 * s, "slide", tally.clone(), stop.clone()))
-            .collect();
+        let load = Load::start(&fleet.targets(), 750.0, &UNEVEN, "slide");
         let first = unix_secs() / 4 + 1;
         while unix_secs() < (first + 2) * 4 + 1 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stop.store(true, Ordering::Relaxed);
-        for d in drivers {
-            d.await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let tally = tally.lock().unwrap();
+        let tally = load.finish().await;
         let windows = tally.windows(4);
         let requests = tally.answers.len() as u64;
-        let (round_trips, _) = redis_ops(&redis);
+        let (round_trips, _) = redis_ops(redis);
         println!("sliding: {requests} answers, {round_trips} Redis round trips; per window: {windows:?}");
         // The sliding estimate is at least the current window's count: no fixed window
         // of it admits more than the limit.
@@ -289,30 +318,14 @@ fn a_sliding_window_over_four_replicas_never_admits_more_than_its_limit() {
 #[test]
 fn a_token_bucket_over_four_replicas_never_admits_more_than_burst_plus_rate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-bucket");
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", "5000"));
-    let replicas: Vec<Running> = (0..4).map(|_| replica(&dir, &redis, "error")).collect();
+    let fleet = Fleet::start("leasing-bucket", 4, "error", 5000);
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        fleet.ready().await;
         // 3x the rate of 200/s (burst 200), split 50/25/15/10%, for 6 s.
-        let drivers: Vec<_> = replicas
-            .iter()
-            .zip([0.50, 0.25, 0.15, 0.10])
-            .map(|(r, s)| drive(Arc::new(Mutex::new(r.grpc)), 600.0 * s, "bucket", tally.clone(), stop.clone()))
-            .collect();
+        let load = Load::start(&fleet.targets(), 600.0, &UNEVEN, "bucket");
         let started = now_ns();
         tokio::time::sleep(Duration::from_secs(6)).await;
-        stop.store(true, Ordering::Relaxed);
-        for d in drivers {
-            d.await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let tally = tally.lock().unwrap();
+        let tally = load.finish().await;
         let ended = now_ns();
         let mut ok: Vec<(u64, u64)> = tally.answers.iter().filter(|a| a.2).map(|a| (a.0, a.1)).collect();
         ok.sort_unstable();
@@ -335,7 +348,7 @@ fn a_token_bucket_over_four_replicas_never_admits_more_than_burst_plus_rate() {
         let from = started + 1_000_000_000;
         let to = started + 6_000_000_000;
         let admitted = ok.iter().filter(|&&(sent, _)| sent >= from && sent < to).count() as u64;
-        let (round_trips, _) = redis_ops(&redis);
+        let (round_trips, _) = redis_ops(&fleet.redis);
         println!("bucket: {admitted} admitted in 5 s of overload at 200/s; {round_trips} Redis round trips");
         assert!(admitted >= 800, "only {admitted} admitted in 5 s at a rate of 200/s");
     });
@@ -344,17 +357,12 @@ fn a_token_bucket_over_four_replicas_never_admits_more_than_burst_plus_rate() {
 #[test]
 fn ten_thousand_cold_keys_each_admit_exactly_min_of_demand_and_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-cold");
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", "5000"));
-    let replicas: Vec<Running> = (0..4).map(|_| replica(&dir, &redis, "error")).collect();
+    let fleet = Fleet::start("leasing-cold", 4, "error", 5000);
     let keys: usize = common::load::env_or("LEASING_COLD_KEYS", 10_000) as usize;
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
+        fleet.ready().await;
         let day = unix_secs() / 86_400;
-        let clients: Vec<_> = futures_util_join(replicas.iter().map(|r| connect(r.grpc))).await;
+        let clients: Vec<_> = futures_util_join(fleet.replicas.iter().map(|r| connect(r.grpc))).await;
         // Calls of 10 descriptors (10 keys) each; a key's calls go to every replica.
         let demand = |k: usize| (k * 7919 % 8) + 1;
         let mut calls: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -419,41 +427,28 @@ async fn futures_util_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F
 #[test]
 fn a_replica_killed_mid_window_and_one_added_never_exceed_the_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-churn");
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", "5000"));
-    let mut replicas: Vec<Running> = (0..3).map(|_| replica(&dir, &redis, "error")).collect();
+    let mut fleet = Fleet::start("leasing-churn", 3, "error", 5000);
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let targets: Vec<_> = replicas.iter().map(|r| Arc::new(Mutex::new(r.grpc))).collect();
+        fleet.ready().await;
+        let targets = fleet.targets();
         // 3x the limit of 1000 per 4 s.
-        let drivers: Vec<_> =
-            targets.iter().map(|t| drive(t.clone(), 250.0, "small", tally.clone(), stop.clone())).collect();
+        let load = Load::start(&targets, 250.0, &[1.0; 3], "small");
         // Mid-window: kill one, then add one and move the dead one's load to it.
         let w = unix_secs() / 4 + 1;
         while unix_secs() < w * 4 + 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut dead = replicas.remove(0);
+        let mut dead = fleet.replicas.remove(0);
         let _ = dead.child.kill();
         let _ = dead.child.wait();
-        let added = replica(&dir, &redis, "error");
+        let added = replica(&fleet.dir, &fleet.redis, "error");
         ready(&added).await;
         *targets[0].lock().unwrap() = added.grpc;
-        replicas.push(added);
+        fleet.replicas.push(added);
         while unix_secs() < (w + 2) * 4 + 1 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stop.store(true, Ordering::Relaxed);
-        for d in drivers {
-            d.await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let windows = tally.lock().unwrap().windows(4);
+        let windows = load.finish().await.windows(4);
         println!("churn: per window (certain ok, uncertain ok): {windows:?}");
         for (&window, &(certain, _)) in &windows {
             assert!(certain <= 1000, "window {window} admitted {certain} > 1000");
@@ -466,50 +461,35 @@ fn a_replica_killed_mid_window_and_one_added_never_exceed_the_limit() {
 #[test]
 fn redis_killed_under_load_with_policy_local_admits_at_most_twice_the_limit_then_leases_again() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut redis = RedisServer::start(&[]);
-    let dir = TempDir::new("leasing-outage");
-    dir.write("rules.yaml", &RULES.replace("HOT_LIMIT", "5000"));
-    let replicas: Vec<Running> = (0..4).map(|_| replica(&dir, &redis, "local")).collect();
+    let mut fleet = Fleet::start("leasing-outage", 4, "local", 5000);
     runtime().block_on(async {
-        for r in &replicas {
-            ready(r).await;
-        }
+        fleet.ready().await;
         // Every replica has seen the others' heartbeats (its share is limit / 4).
-        for r in &replicas {
+        for r in &fleet.replicas {
             poll_until("four live replicas", Duration::from_secs(10), async || {
                 common::load::metric(r.debug, "sluicegate_lease_live_replicas").await == Some(4.0)
             })
             .await;
         }
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let drivers: Vec<_> = replicas
-            .iter()
-            .map(|r| drive(Arc::new(Mutex::new(r.grpc)), 750.0 / 4.0, "small", tally.clone(), stop.clone()))
-            .collect();
+        let load = Load::start(&fleet.targets(), 750.0, &[0.25; 4], "small");
         let w = unix_secs() / 4 + 1;
         while unix_secs() < w * 4 + 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        redis.kill();
+        fleet.redis.kill();
         // Window w + 1 runs wholly without Redis.
         while unix_secs() < (w + 2) * 4 + 1 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let taken_before = common::load::metric(replicas[0].debug, "sluicegate_lease_taken_total").await;
-        redis.restart();
+        let taken_before = common::load::metric(fleet.replicas[0].debug, "sluicegate_lease_taken_total").await;
+        fleet.redis.restart();
         let back = Instant::now();
         poll_until("leases are taken again", Duration::from_secs(10), async || {
-            common::load::metric(replicas[0].debug, "sluicegate_lease_taken_total").await > taken_before
+            common::load::metric(fleet.replicas[0].debug, "sluicegate_lease_taken_total").await > taken_before
         })
         .await;
         println!("outage: leasing again {:?} after Redis restarted", back.elapsed());
-        stop.store(true, Ordering::Relaxed);
-        for d in drivers {
-            d.await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let windows = tally.lock().unwrap().windows(4);
+        let windows = load.finish().await.windows(4);
         println!("outage: per window (certain ok, uncertain ok): {windows:?}");
         let (certain, _) = windows.get(&w).copied().unwrap_or_default();
         assert!(certain <= 2000, "the window Redis died in admitted {certain} > 2 x 1000");

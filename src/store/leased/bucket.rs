@@ -179,13 +179,8 @@ impl LeasedStore {
     ) -> Result<Applied, StoreError> {
         let (params, hits) = (counter.params, counter.hits);
         let now_ms = now.0 / 1_000_000;
-        let mut key = Vec::with_capacity(64);
-        counter.encode(&mut key);
-        let used_at_ms = self.ms();
-        let Some(lease) = self.leases.get(&key, params, used_at_ms, self.horizon_ms) else {
-            return self.per_request(counter, key, now, lane, None).await;
-        };
-        lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);
+        let (key, lease) = self.lease_of(counter);
+        let Some(lease) = lease else { return self.per_request(counter, key, now, lane, None).await };
         let live = |slot| spendable(slot, now_ms);
         if let Some(left) = lease.take_where(hits, live) {
             return Ok(self.bucket_admitted(&lease, left, hits, now));

@@ -157,13 +157,8 @@ impl LeasedStore {
         let window = window_index(now, params);
         // Closed windows reopen by the decision clock (a sliding window decays by it).
         let decision_ms = now.0 / 1_000_000;
-        let mut key = Vec::with_capacity(64);
-        counter.encode(&mut key);
-        let used_at_ms = self.ms();
-        let Some(lease) = self.leases.get(&key, params, used_at_ms, self.horizon_ms) else {
-            return self.per_request(counter, key, now, lane, None).await;
-        };
-        lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);
+        let (key, lease) = self.lease_of(counter);
+        let Some(lease) = lease else { return self.per_request(counter, key, now, lane, None).await };
         if let Some(left) = lease.take(window, hits) {
             return Ok(self.admitted(&lease, window, left, hits, now));
         }
@@ -242,6 +237,19 @@ impl LeasedStore {
             }
             Err(e) => self.failed(counter, key, now, e),
         }
+    }
+
+    /// The counter's memory key and its lease, marked used now (`None`: decided per
+    /// request, see `Leases::get`).
+    fn lease_of<E: EntryView>(&self, counter: &Counter<'_, E>) -> (Vec<u8>, Option<Arc<Lease>>) {
+        let mut key = Vec::with_capacity(64);
+        counter.encode(&mut key);
+        let used_at_ms = self.ms();
+        let lease = self.leases.get(&key, counter.params, used_at_ms, self.horizon_ms);
+        if let Some(lease) = &lease {
+            lease.last_used_ms.store(used_at_ms, Ordering::Relaxed);
+        }
+        (key, lease)
     }
 
     /// Decides one counter as per-request mode does (its script or `INCRBY`), but with
