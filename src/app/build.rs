@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::diag::Diagnostics;
 use crate::health::Health;
+use crate::rlqs::Rlqs;
 use crate::rules::LimitRegistry;
 use crate::service::{Active, RateLimiter, SharedConfig};
 use crate::settings::{Backend, Listen, Settings};
@@ -22,12 +23,14 @@ use super::bind::{bind_grpc, bind_plain};
 use super::{Server, Shared, StartError, Started};
 
 /// Puts good loads in force: the snapshot with its stats series in one swap, then the
-/// health (ready once a load has rules) and the load metrics.
+/// health (ready once a load has rules), the load metrics, and the quota service (which
+/// reassigns or abandons buckets at once).
 #[derive(Debug)]
 pub struct Installer {
     pub config: SharedConfig,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
+    pub rlqs: Arc<Rlqs>,
 }
 
 impl Install for Installer {
@@ -36,6 +39,7 @@ impl Install for Installer {
         self.stats.config_loaded(snapshot.version, snapshot.loaded_at, domains);
         self.config.store(Some(Arc::new(Active::new(snapshot))));
         self.health.set_config_loaded(domains);
+        self.rlqs.rules_changed();
     }
 
     fn failed(&self, _errors: &Diagnostics) {
@@ -63,7 +67,14 @@ impl Server {
         let stats = Stats::new(settings.stats.clone());
         let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
         let config = SharedConfig::default();
-        let installer = Installer { config: config.clone(), stats: stats.clone(), health: health.clone() };
+        let rlqs = Arc::new(Rlqs::new(config.clone(), clock.clone(), settings.rlqs.clone(), &stats));
+        if matches!(settings.backend, Backend::Redis(_)) {
+            tracing::info!(
+                "RLQS divides each bucket's limit among this replica's clients (per replica, not shared through Redis)"
+            );
+        }
+        let installer =
+            Installer { config: config.clone(), stats: stats.clone(), health: health.clone(), rlqs: rlqs.clone() };
         let loader = ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
             .on_empty(settings.empty_config);
         let reloader = Arc::new(Reloader::new(loader, Arc::new(installer)));
@@ -129,7 +140,7 @@ impl Server {
         }
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
-            shared: Shared { limiter, health, reloader, stats, memory, redis },
+            shared: Shared { limiter, health, reloader, stats, memory, redis, rlqs },
             watching,
             tls,
             settings,

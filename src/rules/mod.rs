@@ -10,6 +10,7 @@
 //!
 //! Matching allocates nothing. This module must not count, decide or build responses.
 
+mod bucket;
 mod build;
 mod registry;
 pub mod wildcard;
@@ -132,6 +133,26 @@ struct KeyChildren {
     any: Option<u32>,
 }
 
+impl KeyChildren {
+    /// The child a value matches at this level: the exact value, else the first matching
+    /// pattern, else the key-only rule.
+    #[inline]
+    fn pick_how(&self, value: &str) -> Option<(u32, How<'_>)> {
+        if let Some(&i) = self.exact.get(value) {
+            Some((i, How::Exact))
+        } else if let Some((p, i)) = self.patterns.iter().find(|(p, _)| p.matches(value)) {
+            Some((*i, How::Pattern(p)))
+        } else {
+            self.any.map(|i| (i, How::AnyValue))
+        }
+    }
+
+    /// [`KeyChildren::pick_how`]'s rule alone.
+    fn pick(&self, value: &str) -> Option<u32> {
+        self.pick_how(value).map(|(i, _)| i)
+    }
+}
+
 impl Domain {
     /// The rule a descriptor's entries end at, if any. A rule with no limits in the result
     /// is an explicit whitelist (or a placeholder the request stopped at).
@@ -211,14 +232,7 @@ impl Domain {
             let Some(same_key) = children.by_key.get(entry.key()) else {
                 return Err(Stop::UnknownKey { depth, children });
             };
-            let value = entry.value();
-            let (index, how) = if let Some(&i) = same_key.exact.get(value) {
-                (i, How::Exact)
-            } else if let Some((p, i)) = same_key.patterns.iter().find(|(p, _)| p.matches(value)) {
-                (*i, How::Pattern(p))
-            } else if let Some(i) = same_key.any {
-                (i, How::AnyValue)
-            } else {
+            let Some((index, how)) = same_key.pick_how(entry.value()) else {
                 return Err(Stop::UnknownValue { depth, same_key });
             };
             let rule = &self.rules[index as usize];

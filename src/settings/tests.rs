@@ -294,6 +294,7 @@ fn every_default_parses_with_its_own_parser() {
         logging::check_defaults(),
         stats::check_defaults(),
         trace::check_defaults(),
+        rlqs::check_defaults(),
     ];
     let bad = groups.concat();
     assert!(bad.is_empty(), "{bad:?}");

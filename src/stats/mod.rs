@@ -32,6 +32,7 @@ mod exposition;
 mod label;
 mod listener;
 mod millis;
+pub mod rlqs;
 mod rule_series;
 mod rule_stats;
 pub mod statsd;

@@ -79,7 +79,8 @@ pub struct TestServer {
     pub shared: Shared,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    _rules: TempDir,
+    /// The rule directory it serves (tests rewrite files in it to reload).
+    pub rules: TempDir,
 }
 
 /// Starts a server serving `rules` (file name, YAML) with extra settings, the clock at
@@ -103,7 +104,7 @@ pub async fn start(rules: &[(&str, &str)], settings: &[(&str, &str)], clock_secs
             .await
             .unwrap();
     });
-    TestServer { grpc, http, debug, clock, shared, stop: Some(stop), task: Some(task), _rules: dir }
+    TestServer { grpc, http, debug, clock, shared, stop: Some(stop), task: Some(task), rules: dir }
 }
 
 impl TestServer {
