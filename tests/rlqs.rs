@@ -142,8 +142,12 @@ fn rate(said: Said) -> f64 {
     }
 }
 
+/// Assignments live at least 2 s here (15 s by default), so TTLs show the reporting
+/// interval's part.
+const TTL_MIN: (&str, &str) = ("RLQS_ASSIGNMENT_TTL_MIN", "2s");
+
 async fn server() -> TestServer {
-    start(&[("api.yaml", RULES)], &[], 1_000_000).await
+    start(&[("api.yaml", RULES)], &[TTL_MIN], 1_000_000).await
 }
 
 #[tokio::test]
@@ -326,9 +330,12 @@ async fn malformed_reports_end_the_stream_with_the_reason_and_harm_nothing_else(
 
 #[tokio::test]
 async fn streams_and_buckets_are_capped() {
-    let server =
-        start(&[("api.yaml", RULES)], &[("RLQS_MAX_STREAMS", "1"), ("RLQS_MAX_BUCKETS_PER_STREAM", "1")], 1_000_000)
-            .await;
+    let server = start(
+        &[("api.yaml", RULES)],
+        &[("RLQS_MAX_STREAMS", "1"), ("RLQS_MAX_BUCKETS_PER_STREAM", "1"), TTL_MIN],
+        1_000_000,
+    )
+    .await;
     let mut quota = open(server.grpc).await.unwrap();
     quota.report("api", &[(&[("api_key", "a")], 1, 0, 0), (&[("api_key", "b")], 1, 0, 0)]).await;
     let (bucket, _) = quota.action().await;

@@ -74,7 +74,10 @@ impl RlqsOptions {
         max_buckets_per_stream: 10_000,
         max_bucket_entries: 16,
         max_bucket_id_bytes: 1024,
-        min_assignment_ttl: Duration::from_secs(2),
+        // Envoy 1.40 reports every 5 s whatever `reporting_interval` says (a hard-coded
+        // interval in its filter), and a bucket's first report covers no time: an
+        // assignment must outlive three of those reports.
+        min_assignment_ttl: Duration::from_secs(15),
         shadow_mode: false,
     };
 }

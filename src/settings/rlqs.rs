@@ -17,7 +17,7 @@ settings! {
         "Most entries in one RLQS bucket id; more is INVALID_ARGUMENT";
     RLQS_MAX_BUCKET_ID_BYTES: usize = decimal!(RlqsOptions::DEFAULT.max_bucket_id_bytes), parse_count,
         "Longest RLQS bucket id (keys and values together) or domain, in bytes; more is INVALID_ARGUMENT";
-    RLQS_ASSIGNMENT_TTL_MIN: Duration = "2s", parse_positive_duration,
+    RLQS_ASSIGNMENT_TTL_MIN: Duration = "15s", parse_positive_duration,
         "Shortest assignment_time_to_live (otherwise three of the client's reporting intervals)";
 }
 

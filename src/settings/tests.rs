@@ -350,3 +350,9 @@ fn tracing_is_off_by_default_and_finds_its_endpoint_as_the_otel_variables_say() 
     assert!(parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).is_err());
     assert!(parse(&[("TRACING_EXPORTER_PROTOCOL", "udp")]).is_err());
 }
+
+#[test]
+fn the_rlqs_defaults_are_the_options_defaults() {
+    let settings = Settings::for_tests(vec![PathBuf::from("config")]);
+    assert_eq!(settings.rlqs, crate::rlqs::RlqsOptions::DEFAULT);
+}
