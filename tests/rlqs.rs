@@ -394,3 +394,34 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     // The open stream does not hold the drain until its timeout.
     tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("a prompt stop").unwrap();
 }
+
+#[tokio::test]
+async fn replicas_sharing_redis_divide_a_limit_by_their_clients_demand() {
+    let redis = common::redis_server::RedisServer::start(&[]);
+    let url = redis.address();
+    let settings = [
+        ("BACKEND_TYPE", "redis"),
+        ("REDIS_URL", url.as_str()),
+        // Long enough that the clocks moved below do not expire the clients.
+        ("RLQS_ASSIGNMENT_TTL_MIN", "60s"),
+    ];
+    let one = start(&[("api.yaml", RULES)], &settings, 1_000_000).await;
+    let two = start(&[("api.yaml", RULES)], &settings, 1_000_000).await;
+    let bucket: &[(&str, &str)] = &[("api_key", "fleet")];
+    let (mut a, mut b) = (open(one.grpc).await.unwrap(), open(two.grpc).await.unwrap());
+    a.report("api", &[(bucket, 100, 100, 1000)]).await;
+    b.report("api", &[(bucket, 100, 0, 1000)]).await;
+    // Before the replicas have synced, each hands out the whole limit.
+    assert_eq!(rate(a.action().await.1), 100.0);
+    assert_eq!(rate(b.action().await.1), 100.0);
+    // Within a sync (1 s), each replica's budget is its clients' part of the fleet's
+    // demand, and its client is told without reporting again.
+    assert_eq!(rate(a.action().await.1), 66.0);
+    assert_eq!(rate(b.action().await.1), 33.0);
+
+    // Replica two goes away: once its entry is stale, replica one has the whole limit.
+    two.stop().await;
+    one.clock.advance(Duration::from_secs(11));
+    assert_eq!(rate(a.action().await.1), 100.0);
+    one.stop().await;
+}

@@ -1,8 +1,9 @@
 //! Building the service from its settings: the rules loaded and put in force, the
 //! counter store, the limiter.
 //!
-//! Owns the start-up order (watch the rule files before the first load, so a change
-//! during it still reloads; load; then the store) and the [`Installer`], through which
+//! Owns the start-up order (the store, not connected yet, and the quota service over
+//! it; watch the rule files before the first load, so a change during it still
+//! reloads; load) and the [`Installer`], through which
 //! every good load goes in force with its stats series, and health and metrics follow.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::diag::Diagnostics;
 use crate::health::Health;
-use crate::rlqs::Rlqs;
+use crate::rlqs::{FleetShares, Rlqs};
 use crate::rules::LimitRegistry;
 use crate::service::{Active, RateLimiter, SharedConfig};
 use crate::settings::{Backend, Listen, Settings};
@@ -67,12 +68,37 @@ impl Server {
         let stats = Stats::new(settings.stats.clone());
         let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
         let config = SharedConfig::default();
-        let rlqs = Arc::new(Rlqs::new(config.clone(), clock.clone(), settings.rlqs.clone(), &stats));
-        if matches!(settings.backend, Backend::Redis(_)) {
-            tracing::info!(
-                "RLQS divides each bucket's limit among this replica's clients (per replica, not shared through Redis)"
-            );
-        }
+        let (store, memory, redis) = match &settings.backend {
+            Backend::Memory => {
+                let memory = Arc::new(MemoryStore::new(registry.clone(), settings.memory_max_counters));
+                (Store::Memory(memory.clone()), Some(memory), None)
+            }
+            Backend::Redis(options) => {
+                let policy = options.failure_policy;
+                let local = MemoryStore::new(registry.clone(), settings.memory_max_counters);
+                let redis = Arc::new(RedisStore::new((**options).clone(), local, stats.backend_error.clone()));
+                // Until Redis first answers, the policy says whether calls can be answered.
+                health.set_backend_ok(redis.serving());
+                for backend in redis.backends() {
+                    tracing::warn!(
+                        "counting in Redis ({}): {}; BACKEND_FAILURE_POLICY={policy:?}",
+                        backend.name,
+                        backend.target.describe()
+                    );
+                }
+                (Store::Redis(redis.clone()), redis.fallback().cloned(), Some(redis))
+            }
+        };
+        let rlqs = Rlqs::new(config.clone(), clock.clone(), settings.rlqs.clone(), &stats);
+        // With Redis, RLQS divides each limit among the replicas by their clients' demand.
+        let rlqs = match redis.as_ref().and_then(|r| r.backends().next()) {
+            Some(main) => {
+                let prefix = redis.as_ref().map_or("", |r| r.options().key_prefix.as_str());
+                rlqs.with_fleet(Arc::new(FleetShares::new(main.clone(), prefix, clock.clone())))
+            }
+            None => rlqs,
+        };
+        let rlqs = Arc::new(rlqs);
         let installer =
             Installer { config: config.clone(), stats: stats.clone(), health: health.clone(), rlqs: rlqs.clone() };
         let loader = ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
@@ -93,27 +119,6 @@ impl Server {
                 "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
             );
         }
-        let (store, memory, redis) = match &settings.backend {
-            Backend::Memory => {
-                let memory = Arc::new(MemoryStore::new(registry, settings.memory_max_counters));
-                (Store::Memory(memory.clone()), Some(memory), None)
-            }
-            Backend::Redis(options) => {
-                let policy = options.failure_policy;
-                let local = MemoryStore::new(registry, settings.memory_max_counters);
-                let redis = Arc::new(RedisStore::new((**options).clone(), local, stats.backend_error.clone()));
-                // Until Redis first answers, the policy says whether calls can be answered.
-                health.set_backend_ok(redis.serving());
-                for backend in redis.backends() {
-                    tracing::warn!(
-                        "counting in Redis ({}): {}; BACKEND_FAILURE_POLICY={policy:?}",
-                        backend.name,
-                        backend.target.describe()
-                    );
-                }
-                (Store::Redis(redis.clone()), redis.fallback().cloned(), Some(redis))
-            }
-        };
         let limiter =
             Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()).with_stats(stats.clone()));
 

@@ -1,10 +1,11 @@
 //! Dividing a bucket's limit among the clients that report it.
 //!
 //! Owns two things. [`QuotaSource`] is the boundary between "how much of a bucket's limit
-//! this replica may hand out" and "how this replica divides it": [`WholeLimit`] (every
-//! backend today) gives each replica the whole limit, so with several replicas the
-//! division is per replica; a source that leases shares of the limit from Redis plugs in
-//! here without touching the division. [`divide`] splits a budget among clients in
+//! this replica may hand out" and "how this replica divides it": [`WholeLimit`] (the
+//! memory backend) gives each replica the whole limit, so with several replicas the
+//! division is per replica; `fleet::FleetShares` (the Redis backend) gives each replica
+//! its part by demand; a source that leases shares of the limit plugs in here the same
+//! way, without touching the division. [`divide`] splits a budget among clients in
 //! proportion to their demand, the demand being what each one's reports say it was
 //! offered ([`Demand`]: requests allowed plus denied over the time they cover), so the
 //! shares always add up to the budget and never more.

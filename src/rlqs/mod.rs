@@ -16,7 +16,8 @@
 //! Layout, one concern each: `stream` (the gRPC stream: reading reports, sending
 //! actions, ending with a status), `validate` (malformed reports), `matching` (bucket to
 //! rule to [`Target`]), `allocator` (where a bucket's budget comes from, [`QuotaSource`],
-//! and dividing it by demand), `assign` (shares to Envoy's strategies and actions),
+//! and dividing it by demand), `fleet` (with Redis, a bucket's budget as this replica's
+//! part of the fleet's demand), `assign` (shares to Envoy's strategies and actions),
 //! `table` (subscriptions, releases, reloads). This module holds them together: the table
 //! behind one lock, the rules in force, the clock and the metrics.
 //!
@@ -25,6 +26,7 @@
 
 mod allocator;
 mod assign;
+mod fleet;
 mod matching;
 mod stream;
 mod table;
@@ -38,6 +40,7 @@ use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_resp
 
 pub use allocator::{Demand, QuotaSource, WholeLimit, demands, divide};
 pub use assign::Strategy;
+pub use fleet::FleetShares;
 pub use matching::{Quota, Resolved, Target, resolve};
 pub use stream::RlqsService;
 pub use table::{BucketName, BucketView, HYSTERESIS, StreamId, TTL_INTERVALS, Totals};
@@ -97,7 +100,10 @@ pub struct Rlqs {
     config: SharedConfig,
     clock: Clock,
     options: RlqsOptions,
-    source: Box<dyn QuotaSource>,
+    source: Arc<dyn QuotaSource>,
+    /// With `BACKEND_TYPE=redis`: the source that divides limits among replicas, whose
+    /// sync loop [`Rlqs::run`] drives.
+    fleet: Option<Arc<FleetShares>>,
     metrics: RlqsMetrics,
     /// A std mutex: it is held for map updates and a little arithmetic, never across an
     /// await, and reports arrive about once per reporting interval per stream.
@@ -113,7 +119,8 @@ impl Rlqs {
             config,
             clock,
             options,
-            source: Box::new(WholeLimit),
+            source: Arc::new(WholeLimit),
+            fleet: None,
             metrics: stats.rlqs(),
             table: Mutex::default(),
             reloaded: tokio::sync::Notify::new(),
@@ -121,8 +128,13 @@ impl Rlqs {
     }
 
     /// The same, with budgets from `source`.
-    pub fn with_source(self, source: Box<dyn QuotaSource>) -> Rlqs {
-        Rlqs { source, ..self }
+    pub fn with_source(self, source: Arc<dyn QuotaSource>) -> Rlqs {
+        Rlqs { source, fleet: None, ..self }
+    }
+
+    /// The same, dividing each limit among the replicas sharing `fleet`'s Redis.
+    pub fn with_fleet(self, fleet: Arc<FleetShares>) -> Rlqs {
+        Rlqs { source: fleet.clone(), fleet: Some(fleet), ..self }
     }
 
     pub fn options(&self) -> &RlqsOptions {
@@ -219,9 +231,16 @@ impl Rlqs {
         self.reloaded.notify_one();
     }
 
-    /// Releases silent clients' shares, follows a reload, refreshes the metrics.
+    /// Releases silent clients' shares, follows a reload and the budgets (with a fleet),
+    /// refreshes the metrics.
     pub fn upkeep(&self) {
-        self.with_table(|table, ctx, out| table.expire(ctx, out));
+        let rebalance = self.fleet.is_some();
+        self.with_table(|table, ctx, out| {
+            table.expire(ctx, out);
+            if rebalance {
+                table.rebalance(ctx, out);
+            }
+        });
         self.publish();
     }
 
@@ -245,8 +264,10 @@ impl Rlqs {
         self.table.lock().unwrap_or_else(PoisonError::into_inner).view(limit)
     }
 
-    /// Upkeep every [`UPKEEP_INTERVAL`], and at once after a reload, until `stop`.
+    /// Upkeep every [`UPKEEP_INTERVAL`], and at once after a reload, until `stop`; with a
+    /// fleet, its sync loop too.
     pub async fn run(self: Arc<Self>, mut stop: Shutdown) {
+        let _sync = self.fleet.clone().map(|fleet| AbortOnDrop(tokio::spawn(fleet.run(stop.clone()))));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}
@@ -255,5 +276,14 @@ impl Rlqs {
             }
             self.upkeep();
         }
+    }
+}
+
+/// Ends a task when its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -262,6 +262,20 @@ impl Table {
         }
     }
 
+    /// Divides every limited bucket again (its budget may have changed): only clients
+    /// whose share moved past the hysteresis are sent anything.
+    pub fn rebalance(&mut self, ctx: &Ctx<'_>, out: &mut Outgoing) {
+        let limited: Vec<Arc<BucketName>> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| matches!(b.resolved.target, Target::Limit(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in limited {
+            self.reallocate(&key, None, ctx, out);
+        }
+    }
+
     /// Removes `stream`'s client from the bucket `key`, and gives its share to the others.
     fn leave(&mut self, key: &Arc<BucketName>, stream: StreamId, ctx: &Ctx<'_>, out: &mut Outgoing) {
         let Some(bucket) = self.buckets.get_mut(key) else { return };
