@@ -355,6 +355,21 @@ async fn streams_and_buckets_are_capped() {
 }
 
 #[tokio::test]
+async fn buckets_are_capped_across_streams_too() {
+    let server = start(&[("api.yaml", RULES)], &[("RLQS_MAX_BUCKETS", "1"), TTL_MIN], 1_000_000).await;
+    let mut first = open(server.grpc).await.unwrap();
+    first.report("api", &[(&[("api_key", "a")], 1, 0, 0)]).await;
+    assert_eq!(first.action().await.0["api_key"], "a");
+    // Another stream may join the bucket there is, but not start a second one.
+    let mut second = open(server.grpc).await.unwrap();
+    second.report("api", &[(&[("api_key", "b")], 1, 0, 0), (&[("api_key", "a")], 1, 0, 0)]).await;
+    assert_eq!(second.action().await.0["api_key"], "a");
+    assert_eq!(server.shared.rlqs.totals().buckets, 1);
+    assert_eq!(metric(server.debug, "sluicegate_rlqs_refused_total", &[("what", "bucket")]).await, Some(1.0));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn buckets_show_on_debug_config_and_in_metrics() {
     let server = server().await;
     let mut quota = open(server.grpc).await.unwrap();

@@ -61,6 +61,8 @@ pub type Outbox = tokio::sync::mpsc::Sender<Result<RateLimitQuotaResponse, tonic
 pub struct RlqsOptions {
     pub max_streams: usize,
     pub max_buckets_per_stream: usize,
+    /// Buckets of every stream together: what memory all clients together can cost.
+    pub max_buckets: usize,
     pub max_bucket_entries: usize,
     /// Bytes of a bucket id's keys and values together, and of a domain.
     pub max_bucket_id_bytes: usize,
@@ -75,6 +77,7 @@ impl RlqsOptions {
     pub const DEFAULT: RlqsOptions = RlqsOptions {
         max_streams: 1024,
         max_buckets_per_stream: 10_000,
+        max_buckets: 100_000,
         max_bucket_entries: 16,
         max_bucket_id_bytes: 1024,
         // Envoy 1.40 reports every 5 s whatever `reporting_interval` says (a hard-coded
@@ -209,8 +212,9 @@ impl Rlqs {
             tracing::warn!(
                 stream,
                 refused,
-                max = self.options.max_buckets_per_stream,
-                "an RLQS stream reports more buckets than RLQS_MAX_BUCKETS_PER_STREAM; those get no assignment"
+                per_stream = self.options.max_buckets_per_stream,
+                all = self.options.max_buckets,
+                "RLQS buckets over RLQS_MAX_BUCKETS_PER_STREAM or RLQS_MAX_BUCKETS get no assignment"
             );
         }
     }

@@ -1,8 +1,8 @@
 //! The bucket table: which streams report which buckets, and what each was assigned.
 //!
 //! Owns the life of a subscription: a stream's first report of a bucket subscribes it
-//! (at most `RLQS_MAX_BUCKETS_PER_STREAM` per stream; further buckets get no assignment
-//! and Envoy applies its `no_assignment_behavior`); each report records the client's
+//! (at most `RLQS_MAX_BUCKETS_PER_STREAM` per stream and `RLQS_MAX_BUCKETS` in all;
+//! further buckets get no assignment and Envoy applies its `no_assignment_behavior`); each report records the client's
 //! demand and answers it at once; a stream that closes, or a client silent for longer
 //! than its assignment lives, releases its share, and the other clients of the bucket
 //! are given the freed quota. When the rules change, every bucket is resolved again: a
@@ -176,7 +176,10 @@ impl Table {
                 None => Arc::new(name),
             };
             if !state.buckets.contains(&key) {
-                if state.buckets.len() >= ctx.options.max_buckets_per_stream {
+                let new_bucket = !buckets.contains_key(&key);
+                if state.buckets.len() >= ctx.options.max_buckets_per_stream
+                    || (new_bucket && buckets.len() >= ctx.options.max_buckets)
+                {
                     refused += 1;
                     continue;
                 }
@@ -374,5 +377,68 @@ impl Table {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::rlqs::WholeLimit;
+    use crate::rules::LimitRegistry;
+    use crate::snapshot::load_texts;
+
+    const RULES: &str =
+        "domain: api\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 100}\n";
+
+    /// Requests per second every client of every bucket holds, as last sent.
+    fn assigned(table: &Table) -> f64 {
+        table.view(usize::MAX).iter().flat_map(|b| &b.clients).filter_map(|c| c.2.and_then(|s| s.rate())).sum()
+    }
+
+    proptest! {
+        /// Whatever clients report, join and leave, and however time passes, the shares
+        /// in force of a bucket never add up to more than its limit.
+        #[test]
+        fn the_shares_in_force_never_exceed_the_limit(
+            steps in proptest::collection::vec((0..4usize, 0..4u8, 0..1000u64, 0..6000u64), 1..80)
+        ) {
+            let snapshot = load_texts(&[("api.yaml", RULES)], false, &LimitRegistry::new()).unwrap();
+            let options = RlqsOptions { min_assignment_ttl: Duration::from_secs(2), ..RlqsOptions::DEFAULT };
+            let mut table = Table::default();
+            let mut streams: [Option<StreamId>; 4] = [None; 4];
+            let mut now = 0u64;
+            for (slot, op, requests, millis) in steps {
+                now += millis * 1_000_000;
+                let ctx = Ctx {
+                    rules: Some(&snapshot.rules),
+                    version: Some(1),
+                    options: &options,
+                    source: &WholeLimit,
+                    now: Nanos(now),
+                };
+                let mut out = Outgoing::new();
+                match (op, streams[slot]) {
+                    (0 | 1, None) => streams[slot] = table.open(tokio::sync::mpsc::channel(1).0, 8),
+                    (0 | 1, Some(id)) => {
+                        let usage = Usage {
+                            entries: vec![("k".into(), "v".into())].into_boxed_slice(),
+                            allowed: requests,
+                            denied: requests / 3,
+                            elapsed: Duration::from_millis(millis),
+                        };
+                        table.report(&ctx, id, "api", vec![usage], &mut out);
+                    }
+                    (2, Some(id)) => {
+                        table.close(&ctx, id, &mut out);
+                        streams[slot] = None;
+                    }
+                    _ => table.expire(&ctx, &mut out),
+                }
+                let total = assigned(&table);
+                prop_assert!(total <= 100.0 + 1e-9, "{total} per second assigned");
+            }
+        }
     }
 }
