@@ -8,6 +8,8 @@
 //! (exact value, then pattern, then key-only, as at any level of a match) comes first in
 //! the file. Entries that no rule takes stay at the end in key order, so the walk stops
 //! there and the bucket matches no rule, as a descriptor with an unknown entry does.
+//! A domain's `bucket_key_order` replaces that rule: its keys first, in its order, then
+//! the keys it does not name, in key order.
 //!
 //! The order depends on the rules only, never on the map's iteration order; at most
 //! `entries²` lookups (bucket ids are small and capped by `RLQS_MAX_BUCKET_ENTRIES`).
@@ -21,6 +23,12 @@ impl Domain {
     pub fn bucket_levels<'e>(&self, entries: &[(&'e str, &'e str)]) -> SmallVec<[(&'e str, &'e str); 8]> {
         let mut rest: SmallVec<[(&'e str, &'e str); 8]> = entries.iter().copied().collect();
         rest.sort_unstable();
+        if !self.bucket_key_order.is_empty() {
+            let rank = |key: &str| self.bucket_key_order.iter().position(|k| &**k == key).unwrap_or(usize::MAX);
+            // Stable: keys the order does not name keep their key order.
+            rest.sort_by_key(|(key, _)| rank(key));
+            return rest;
+        }
         let mut levels = SmallVec::with_capacity(rest.len());
         let mut children: &Children = &self.root;
         while !rest.is_empty() {
@@ -59,8 +67,34 @@ descriptors:
 "#;
 
     fn order(entries: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        let snapshot = load_texts(&[("api.yaml", RULES)], false, &LimitRegistry::new()).unwrap();
+        order_in(RULES, entries)
+    }
+
+    fn order_in(rules: &str, entries: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let snapshot = load_texts(&[("api.yaml", rules)], false, &LimitRegistry::new()).unwrap();
         snapshot.rules.domain("api").unwrap().bucket_levels(entries).into_vec()
+    }
+
+    #[test]
+    fn a_bucket_key_order_overrides_the_tree() {
+        let rules = format!("bucket_key_order: [api_key, tenant]\n{RULES}");
+        assert_eq!(
+            order_in(&rules, &[("tenant", "acme"), ("z", "1"), ("api_key", "k1"), ("a", "2")]),
+            vec![("api_key", "k1"), ("tenant", "acme"), ("a", "2"), ("z", "1")]
+        );
+    }
+
+    #[test]
+    fn a_bad_bucket_key_order_is_an_error_at_its_place() {
+        for (order, message) in [
+            ("bucket_key_order: [a, a]", "api.yaml:1:23: bucket_key_order names 'a' twice"),
+            ("bucket_key_order: [\"\"]", "api.yaml:1:20: bucket_key_order has an empty key"),
+            ("bucket_key_order: a", "api.yaml:1:19: bucket_key_order must be a list of keys, found"),
+        ] {
+            let text = format!("{order}\n{RULES}");
+            let errors = load_texts(&[("api.yaml", &text)], false, &LimitRegistry::new()).unwrap_err().to_string();
+            assert!(errors.contains(message), "{message:?} not in {errors}");
+        }
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Domain {
     /// `default_limit`: counted per distinct descriptor for descriptors that match no
     /// rule, and added to the limits of rules with `inherit_default`.
     defaults: Box<[Limit]>,
+    /// `bucket_key_order`: the order of an RLQS bucket id's keys (empty: the tree's).
+    bucket_key_order: Box<[Box<str>]>,
 }
 
 #[derive(Debug, Default)]
