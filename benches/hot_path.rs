@@ -1,5 +1,6 @@
-//! Criterion benches for the request hot path: the matcher, the memory store, and a whole
-//! `ShouldRateLimit` decision without the network. Time comes from a fake clock.
+//! Criterion benches for the request hot path: the matcher, the memory store, a whole
+//! `ShouldRateLimit` decision without the network, and the gRPC handler around it with
+//! tracing off and on (what `TRACING_ENABLED` costs a call). Time comes from a fake clock.
 //!
 //! ```text
 //! cargo bench --bench hot_path
@@ -249,9 +250,48 @@ fn bench_decide(c: &mut Criterion) {
     group.finish();
 }
 
+/// The gRPC handler (`RlsService::should_rate_limit`, decoded request to response) with
+/// tracing off (no tracer: one branch) and on with the call's span not sampled
+/// (`TRACING_SAMPLING_RATE=0`: the `traceparent` look-up and new ids, nothing queued).
+fn bench_handler(c: &mut Criterion) {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+    use sluicegate::grpc::RlsService;
+    use sluicegate::trace::{BatchOptions, ExportProtocol, TraceOptions, Tracer};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (limiter, one, _) = limiter(1);
+    let limiter = Arc::new(limiter);
+    let options = TraceOptions {
+        service_name: "bench".into(),
+        service_namespace: String::new(),
+        service_instance_id: String::new(),
+        protocol: ExportProtocol::Http,
+        sampling_rate: 0.0,
+        endpoint: "http://127.0.0.1:9/v1/traces".into(),
+        headers: Default::default(),
+        tls: Default::default(),
+        timeout: Duration::from_secs(1),
+        batch: BatchOptions { delay: Duration::from_millis(500), max_batch: 512, queue: 2048 },
+    };
+    let stats = Stats::new(StatsOptions::default());
+    let (tracer, _exporter) = runtime.block_on(async { Tracer::start(options, &stats) }).unwrap();
+    let mut group = c.benchmark_group("grpc_handler");
+    group.throughput(Throughput::Elements(1));
+    for (name, tracer) in [("tracing_off", None), ("tracing_on_unsampled", Some(tracer))] {
+        let service = RlsService::new(limiter.clone(), 0).traced(tracer);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let request = tonic::Request::new(one[0].clone());
+                black_box(runtime.block_on(service.should_rate_limit(request)).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_matcher, bench_store, bench_algorithms, bench_decide
+    targets = bench_matcher, bench_store, bench_algorithms, bench_decide, bench_handler
 }
 criterion_main!(benches);

@@ -100,25 +100,37 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 /// Where counters live and, for Redis, each deployment's state (addresses only: no
-/// credentials).
+/// credentials) and the mode: per request, or leased (with the replicas and leases seen).
 fn backend_state(store: &crate::store::Store) -> serde_json::Value {
+    use crate::store::Store;
     match store {
-        crate::store::Store::Memory(memory) => serde_json::json!({
+        Store::Memory(memory) => serde_json::json!({
             "type": "memory",
             "counters": memory.len(),
             "max_counters": memory.max_counters(),
         }),
-        crate::store::Store::Redis(redis) => serde_json::json!({
-            "type": "redis",
-            "failure_policy": format!("{:?}", redis.options().failure_policy).to_ascii_lowercase(),
-            "deployments": redis.backends().map(|d| serde_json::json!({
-                "name": d.name,
-                "target": d.target.describe(),
-                "up": d.is_up(),
-            })).collect::<Vec<_>>(),
-            "local_cache_entries": redis.local_cache().map(|c| c.len()),
-        }),
+        Store::Redis(redis) => redis_state(redis, "per_request"),
+        Store::Leased(leased) => {
+            let mut state = redis_state(leased.redis(), "leased");
+            state["live_replicas"] = leased.live_replicas().into();
+            state["leases"] = leased.lease_count().into();
+            state
+        }
     }
+}
+
+fn redis_state(redis: &crate::store::RedisStore, mode: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "redis",
+        "mode": mode,
+        "failure_policy": format!("{:?}", redis.options().failure_policy).to_ascii_lowercase(),
+        "deployments": redis.backends().map(|d| serde_json::json!({
+            "name": d.name,
+            "target": d.target.describe(),
+            "up": d.is_up(),
+        })).collect::<Vec<_>>(),
+        "local_cache_entries": redis.local_cache().map(|c| c.len()),
+    })
 }
 
 async fn debug_config(State(state): State<HttpState>) -> Response {

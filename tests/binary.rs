@@ -1,5 +1,6 @@
 //! The built binary, started the way the reference's integration tests start theirs:
-//! its environment variables and a `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config` directory.
+//! its environment variables and a `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config` directory;
+//! stopped by signals, with the spans still queued sent before it exits.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::{exit_and_stderr, loopback, reference_env, sigterm, sluicegate, spawn, wait_exit};
-use common::{OK, OVER, TempDir, connect, http, request};
+use common::{OK, OVER, TempDir, connect, http, otlp, request};
 
 const RULES: &str = r#"
 domain: basic
@@ -179,4 +180,89 @@ async fn sigint_stops_the_service_cleanly_too() {
     assert_eq!(wait_exit(&mut running.child, Duration::from_secs(15)).code(), Some(0));
     let rest: Vec<String> = running.lines.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("received SIGINT")), "{rest:?}");
+}
+
+/// The binary in the reference layout with tracing to `endpoint`, a batch delay of a
+/// minute (so only the flush at shutdown can send the spans of a short test), and `env`.
+fn traced(root: &TempDir, protocol: &str, endpoint: &str, env: &[(&str, &str)]) -> Command {
+    root.write("ratelimit/config/basic.yaml", RULES);
+    let mut command = sluicegate();
+    reference_env(&mut command, root.path());
+    command
+        .env("TRACING_ENABLED", "true")
+        .env("TRACING_EXPORTER_PROTOCOL", protocol)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "60000");
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Sends SIGTERM and waits (off the runtime, which the receiver needs) for the exit.
+async fn sigterm_and_wait(running: common::process::Running) -> (std::process::ExitStatus, Vec<String>) {
+    sigterm(&running.child);
+    tokio::task::spawn_blocking(move || {
+        let mut running = running;
+        let status = wait_exit(&mut running.child, Duration::from_secs(20));
+        // Its last lines may still be on their way from the reader thread: read until it
+        // ends (stderr closed), within a bound.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut lines = Vec::new();
+        while let Ok(line) = running.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            lines.push(line);
+        }
+        (status, lines)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_the_spans_still_queued_before_exiting() {
+    for protocol in ["grpc", "http"] {
+        let receiver = if protocol == "grpc" { otlp::grpc().await } else { otlp::http().await };
+        let root = TempDir::new("binary-flush");
+        let running = spawn(traced(&root, protocol, &format!("http://{}", receiver.addr), &[]));
+        let mut client = connect(running.grpc).await;
+        for _ in 0..3 {
+            client.should_rate_limit(request("basic", &[&[("key1", "foo")]])).await.unwrap();
+        }
+        assert!(receiver.spans().is_empty(), "{protocol}: nothing is sent before the batch delay or shutdown");
+        let (status, _) = sigterm_and_wait(running).await;
+        assert_eq!(status.code(), Some(0), "{protocol}");
+        assert_eq!(receiver.spans().len(), 3, "{protocol}: the queued spans were sent at shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_holds_shutdown_only_for_the_export_timeout() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let root = TempDir::new("binary-flush-timeout");
+    let running = spawn(traced(&root, "http", &endpoint, &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")]));
+    let mut client = connect(running.grpc).await;
+    client.should_rate_limit(request("basic", &[&[("key1", "foo")]])).await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, lines) = sigterm_and_wait(running).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
+    assert!(lines.iter().any(|l| l.contains("spans")), "the lost spans are logged: {lines:?}");
+    held.abort();
+}
+
+#[test]
+fn an_unreadable_otlp_ca_file_stops_start_up_naming_it() {
+    let root = TempDir::new("binary-otlp-ca");
+    let missing = root.path().join("missing-ca.pem");
+    let mut command = traced(&root, "http", "https://127.0.0.1:4318", &[]);
+    command.env("OTEL_EXPORTER_OTLP_CERTIFICATE", &missing);
+    let (code, stderr) = exit_and_stderr(command);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot export traces: {}", missing.display())), "{stderr}");
 }

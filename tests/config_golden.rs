@@ -118,6 +118,20 @@ fn the_readme_documents_every_setting() {
     assert!(missing.is_empty(), "README.md does not document {missing:?}");
 }
 
+/// The reference settings sluicegate ignores are listed in the README's migration table,
+/// each by name (issue 14: no reference setting silently ignored).
+#[test]
+fn the_readme_names_every_ignored_reference_setting() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let migration = &readme[readme.find("## Migrating from envoyproxy/ratelimit").expect("the migration section")..];
+    let missing: Vec<&str> = sluicegate::settings::IGNORED
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !migration.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "README.md's migration section does not name {missing:?}");
+}
+
 /// Every ```yaml block of the user documentation is a rule file that loads cleanly, so
 /// the examples cannot rot.
 #[test]

@@ -15,11 +15,14 @@ fn readme() -> String {
     std::fs::read_to_string("README.md").unwrap()
 }
 
-/// The `sh` code blocks of the README section headed `heading`, in order.
+/// The `sh` code blocks of the README section headed `heading`, in order (up to the next
+/// heading of its level or above).
 fn blocks_under(readme: &str, heading: &str) -> Vec<String> {
     let start = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README has no {heading:?}"));
     let section = &readme[start + heading.len() + 2..];
-    let section = section.find("\n## ").map_or(section, |end| &section[..end]);
+    let level = heading.split(' ').next().unwrap();
+    let end = (2..=level.len()).filter_map(|n| section.find(&format!("\n{} ", "#".repeat(n)))).min();
+    let section = end.map_or(section, |end| &section[..end]);
     section.split("```sh\n").skip(1).filter_map(|b| b.split_once("\n```").map(|(code, _)| code.to_string())).collect()
 }
 

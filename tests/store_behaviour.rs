@@ -64,6 +64,9 @@ descriptors:
 enum Kind {
     Memory,
     Redis,
+    /// Redis in leased mode (`REDIS_LEASING=true`): one replica, so every unit it
+    /// reserves is spent or given back and decisions match per-request mode's.
+    Leased,
 }
 
 struct Backend {
@@ -76,10 +79,13 @@ impl Kind {
         let rules = [("suite.yaml", RULES), ("defaults.yaml", DEFAULTS)];
         match self {
             Kind::Memory => Backend { server: common::start(&rules, settings, T0).await, _redis: None },
-            Kind::Redis => {
+            Kind::Redis | Kind::Leased => {
                 let redis = RedisServer::start(&[]);
                 let url = redis.address();
                 let mut all = vec![("BACKEND_TYPE", "redis"), ("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT", "2s")];
+                if matches!(self, Kind::Leased) {
+                    all.push(("REDIS_LEASING", "true"));
+                }
                 all.extend_from_slice(settings);
                 let server = common::start(&rules, &all, T0).await;
                 server.wait_redis_up().await;
@@ -414,6 +420,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
                     super::$scenario(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod leased {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Kind::Leased).await
                 }
             )*
         }

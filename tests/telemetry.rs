@@ -1,6 +1,7 @@
 //! Telemetry settings end to end on an in-process server: the response-time histogram in
 //! milliseconds (`PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS`), as `/metrics` shows it; and
-//! tracing (`TRACING_*`), its spans caught by in-test OTLP receivers (gRPC and HTTP).
+//! tracing (`TRACING_*`, `OTEL_EXPORTER_OTLP_*`), its spans caught by in-test OTLP
+//! receivers (gRPC and HTTP, plain and TLS with a test CA), headers included.
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use common::otlp::{self, Receiver};
 use common::poll::poll_until;
-use common::{http, request, start};
+use common::test_ca::Ca;
+use common::{TempDir, http, metric, request, start};
 use sluicegate::trace::otlp::Span;
 
 const RULES: &str = "domain: t\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 100}\n";
@@ -112,5 +114,110 @@ async fn sampling_rate_zero_sends_no_new_trace() {
     let spans = receiver.spans();
     assert_eq!(spans.len(), 1, "{spans:?}");
     assert_eq!(hex(&spans[0].trace_id), TRACE);
+    server.stop().await;
+}
+
+/// A test CA written to a file (for `OTEL_EXPORTER_OTLP_CERTIFICATE`) and a receiver
+/// certificate it issued for 127.0.0.1.
+struct Pki {
+    dir: TempDir,
+    ca: Ca,
+    ca_path: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new("otlp-tls");
+        let ca = Ca::new("otlp test CA");
+        let ca_path = dir.write("ca.pem", &ca.pem()).display().to_string();
+        Pki { dir, ca, ca_path }
+    }
+
+    /// The receiver's TLS; with `client_auth`, it wants a certificate from this CA.
+    fn receiver(&self, client_auth: bool) -> otlp::Tls {
+        let (cert, key) = self.ca.issue(&["127.0.0.1"]);
+        otlp::Tls { cert, key, client_ca: client_auth.then(|| self.ca.pem()) }
+    }
+}
+
+const HEADERS: &str = "api-key=s3cret%3D%3D, X-Tenant = t1";
+
+fn check_headers(receiver: &Receiver) {
+    assert_eq!(receiver.header("api-key").as_deref(), Some("s3cret=="), "percent-decoded");
+    assert_eq!(receiver.header("x-tenant").as_deref(), Some("t1"));
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_grpc_in_tls_with_headers() {
+    let pki = Pki::new();
+    let receiver = otlp::grpc_with(Some(&pki.receiver(false))).await;
+    // No scheme: TLS, as the OpenTelemetry specification says (OTEL_EXPORTER_OTLP_INSECURE unset).
+    let endpoint = receiver.addr.to_string();
+    let settings = [
+        ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_path.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", HEADERS),
+    ];
+    two_traced_calls(&receiver, &settings).await;
+    check_spans(&receiver.spans());
+    check_headers(&receiver);
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_http_in_tls_with_headers() {
+    let pki = Pki::new();
+    let receiver = otlp::http_with(Some(&pki.receiver(false))).await;
+    let endpoint = format!("https://{}/v1/traces", receiver.addr);
+    let settings = [
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", pki.ca_path.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", HEADERS),
+    ];
+    two_traced_calls(&receiver, &settings).await;
+    check_spans(&receiver.spans());
+    check_headers(&receiver);
+}
+
+#[tokio::test]
+async fn a_collector_asking_for_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new();
+    let receiver = otlp::http_with(Some(&pki.receiver(true))).await;
+    let (cert, key) = pki.ca.issue(&["sluicegate"]);
+    let cert_path = pki.dir.write("client.pem", &cert).display().to_string();
+    let key_path = pki.dir.write("client.key", &key).display().to_string();
+    let endpoint = format!("https://{}", receiver.addr);
+    let settings = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_path.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert_path.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key_path.as_str()),
+    ];
+    two_traced_calls(&receiver, &settings).await;
+    check_spans(&receiver.spans());
+}
+
+#[tokio::test]
+async fn a_collector_whose_certificate_the_ca_did_not_issue_gets_nothing() {
+    let pki = Pki::new();
+    let receiver = otlp::grpc_with(Some(&pki.receiver(false))).await;
+    let other = Pki::new();
+    let endpoint = format!("https://{}", receiver.addr);
+    let settings = [
+        ("TRACING_ENABLED", "true"),
+        ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", other.ca_path.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let server = start(&[("t.yaml", RULES)], &settings, 1_000).await;
+    let mut client = server.client().await;
+    client.should_rate_limit(request("t", &[&[("k", "v")]])).await.unwrap();
+    let dropped = async || {
+        let labels = [("reason", "export_failed")];
+        metric(server.http, "sluicegate_trace_spans_dropped_total", &labels).await.unwrap_or(0.0) >= 1.0
+    };
+    poll_until("the export fails verification and its span is counted", Duration::from_secs(20), dropped).await;
+    assert!(receiver.spans().is_empty(), "nothing reached the collector");
     server.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The xDS provider in deployment: the sluicegate binary with rules arriving over xDS
 //! behind a real Envoy (the file-based Envoy test's `/` scenario), and the binary started
 //! with Envoy Gateway's exact environment (examples/envoy-gateway/README.md) against the
-//! in-test control plane, over TLS both ways, sending statsd lines.
+//! in-test control plane, over TLS both ways, sending statsd lines and, with Envoy
+//! Gateway's tracing variables, spans to an in-test OTLP collector.
 
 mod common;
 
@@ -149,6 +150,8 @@ fn envoy_gateway_environment_serves_pushed_rules_over_tls_and_sends_statsd() {
     let url = cp.addr.to_string();
     let (statsd_port, statsd) = statsd_listener();
     let statsd_port = statsd_port.to_string();
+    let collector = rt.block_on(common::otlp::http());
+    let collector_url = format!("http://{}", collector.addr);
 
     // Envoy Gateway's environment (its rate limit Deployment), with local addresses:
     // only the listen addresses are added, so parallel tests do not fight over ports.
@@ -174,6 +177,13 @@ fn envoy_gateway_environment_serves_pushed_rules_over_tls_and_sends_statsd() {
         ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
         ("REDIS_SOCKET_TYPE", "tcp"),
         ("REDIS_URL", "127.0.0.1:1"),
+        // What Envoy Gateway adds with `rateLimit.telemetry.tracing` set.
+        ("TRACING_ENABLED", "true"),
+        ("TRACING_SERVICE_NAME", "envoy-ratelimit"),
+        ("TRACING_SERVICE_NAMESPACE", "envoy-gateway-system"),
+        ("TRACING_SERVICE_INSTANCE_ID", "envoy-ratelimit-5d8f7c9b4-x2x7q"),
+        ("TRACING_SAMPLING_RATE", "1.0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url),
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("GRPC_HOST", "127.0.0.1"),
@@ -211,7 +221,11 @@ fn envoy_gateway_environment_serves_pushed_rules_over_tls_and_sends_statsd() {
             codes.push(client.should_rate_limit(call.clone()).await.unwrap().into_inner().overall_code());
         }
         assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit]);
+        let three_spans = async || collector.spans().len() >= 3;
+        common::poll::poll_until("a span per call at the collector", Duration::from_secs(15), three_spans).await;
     });
+    let spans = collector.spans();
+    assert!(spans.iter().all(|s| s.attributes.iter().any(|a| a.key == "domain")), "{spans:?}");
 
     // The reference's statsd names, flushed every STATS_FLUSH_INTERVAL (10s by default).
     let wanted = "ratelimit.service.rate_limit.webapp.generic_key_index.remote_address.over_limit:1|c";

@@ -17,7 +17,7 @@ use crate::service::{Active, RateLimiter, SharedConfig};
 use crate::settings::{Backend, Listen, Settings};
 use crate::snapshot::{self, ConfigLoader, ConfigSnapshot, Install, Reloader};
 use crate::stats::Stats;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{LeasedStore, MemoryStore, RedisStore, Store};
 use crate::tls::Tls;
 
 use super::bind::{bind_grpc, bind_plain};
@@ -86,7 +86,15 @@ impl Server {
                         backend.target.describe()
                     );
                 }
-                (Store::Redis(redis.clone()), redis.fallback().cloned(), Some(redis))
+                let store = if options.leasing {
+                    tracing::warn!(
+                        "leased mode (REDIS_LEASING): windows and token buckets are admitted from leases reserved in Redis"
+                    );
+                    Store::Leased(Arc::new(LeasedStore::new(redis.clone(), settings.memory_max_counters)))
+                } else {
+                    Store::Redis(redis.clone())
+                };
+                (store, redis.fallback().cloned(), Some(redis))
             }
         };
         let rlqs = Rlqs::new(config.clone(), clock.clone(), settings.rlqs.clone(), &stats);

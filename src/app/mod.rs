@@ -38,6 +38,8 @@ pub enum StartError {
     Config(Diagnostics),
     /// The TLS certificates did not load.
     Tls(String),
+    /// The trace exporter could not be set up (its TLS files, its endpoint).
+    Tracing(String),
     /// A listener could not bind.
     Bind {
         listener: &'static str,
@@ -59,6 +61,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "cannot listen for {listener} on {address}: {error}")
             }
             StartError::Tls(e) => write!(f, "cannot serve TLS: {e}"),
+            StartError::Tracing(e) => write!(f, "cannot export traces: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
         }
     }

@@ -5,7 +5,8 @@
 //! `SHUTDOWN_GRACE_PERIOD`; then stop accepting and send every connection its GOAWAY (or
 //! close idle HTTP/1 ones); then wait until every gRPC worker has closed its connections
 //! or no call is in flight (clients that ignore GOAWAY must not hold the process), at
-//! most `serve::DRAIN_TIMEOUT`; then flush statsd and return.
+//! most `serve::DRAIN_TIMEOUT`; then send the spans still queued (tracing, within the
+//! export timeout), flush statsd and return.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::rlqs::RlqsService;
 use crate::serve::{CallsInFlight, DRAIN_TIMEOUT, Endpoint, HttpLimits, Protocol, TimeoutMetrics};
 use crate::signal::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
+use crate::store::Store;
 
 use super::background::{statsd_loop, sweep_loop, upkeep_loop};
 use super::{StartError, Started};
@@ -29,6 +31,12 @@ impl Started {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Started { shared, watching, tls, settings, grpc_listeners, http_listener, debug_listener, .. } = self;
         let (stop_tx, stop_rx) = ShutdownTrigger::new();
+        // Before anything waits: a TLS file the exporter cannot read is a start-up error.
+        let (tracer, exporter) = (settings.tracing.clone())
+            .map(|options| crate::trace::Tracer::start(options, &shared.stats))
+            .transpose()
+            .map_err(StartError::Tracing)?
+            .unzip();
         // The xDS provider: start the client; without FORCE_START_WITHOUT_INITIAL_CONFIG,
         // serve nothing until the first config is in force (as the reference waits for
         // its first config event).
@@ -61,7 +69,6 @@ impl Started {
         let grpc_cap =
             ConnectionCap::new("grpc", limits.grpc.max_connections, AcceptMetrics::new(&shared.stats, "grpc"));
         let grpc_timeouts = TimeoutMetrics::new(&shared.stats, "grpc");
-        let tracer = settings.tracing.clone().map(|options| crate::trace::Tracer::start(options, &shared.stats));
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
             let rls = RlsService::new(shared.limiter.clone(), index).traced(tracer.clone());
             let rlqs = RlqsService::new(shared.rlqs.clone(), stop_rx.clone());
@@ -125,6 +132,9 @@ impl Started {
             let serving = move |ok| health.set_backend_ok(ok);
             let main = tokio::runtime::Handle::current();
             background.extend(redis.maintain(&stop_rx, main, runtimes, &shared.stats, serving));
+            if let Store::Leased(leased) = shared.limiter.store() {
+                background.extend(leased.maintain(&stop_rx, &shared.stats));
+            }
         }
         if let Some((tls, watching)) = tls {
             background.push(tokio::spawn(watching.follow(stop_rx.clone(), move || tls.reload())));
@@ -174,6 +184,11 @@ impl Started {
         }
         for task in background {
             task.abort();
+        }
+        if let Some(exporter) = exporter {
+            // The spans of the last calls, so a clean stop loses none (bounded by the
+            // export timeout). Before statsd's flush, which then counts any it dropped.
+            exporter.finish().await;
         }
         if let Some(statsd) = shared.stats.statsd.clone() {
             // The last interval's stats, so a clean stop loses none.

@@ -170,6 +170,11 @@ impl RateLimiter {
                 self.count_error(&result);
                 result
             }
+            Store::Leased(leased) => {
+                let result = Box::pin(self.run(request, &**leased, lane)).await;
+                self.count_error(&result);
+                result
+            }
         }
     }
 
@@ -177,7 +182,7 @@ impl RateLimiter {
     pub fn immediate(&self) -> Option<Immediate<'_>> {
         match &self.store {
             Store::Memory(memory) => Some(Immediate { limiter: self, memory }),
-            Store::Redis(_) => None,
+            Store::Redis(_) | Store::Leased(_) => None,
         }
     }
 

@@ -16,7 +16,9 @@ settings! {
         |s| match s.to_ascii_lowercase().as_str() {
             "memory" => Ok(false),
             "redis" => Ok(true),
-            "memcache" => Err("memcache is not supported; use memory or redis".into()),
+            "memcache" => Err("memcache is not supported, nor are the MEMCACHE_* settings (MEMCACHE_HOST_PORT, \
+                               MEMCACHE_SRV, ...); use memory, or redis to share counters between replicas"
+                .into()),
             _ => Err("expected memory or redis".into()),
         },
         "Where counters live: memory (embedded) or redis";
@@ -49,6 +51,10 @@ settings! {
         "First pause between connection attempts at start-up";
     REDIS_STARTUP_MAX_INTERVAL: Duration = "30s", parse_positive_duration,
         "Longest pause between connection attempts at start-up";
+    REDIS_LEASING: bool = "false", parse_bool,
+        "Admit windows and token buckets from leases reserved in Redis (docs/leasing.md)";
+    REDIS_LEASE_HORIZON: Duration = "1s", parse_positive_duration,
+        "Leased mode: a lease holds about what a replica spends in this long (longer: fewer Redis calls, more units held)";
     REDIS_PERSECOND: bool = "false", parse_bool,
         "Count per-second limits in a second Redis (the REDIS_PERSECOND_* settings)";
     REDIS_PERSECOND_SOCKET_TYPE: String = "tcp", text, "REDIS_SOCKET_TYPE of the per-second Redis";
@@ -158,6 +164,8 @@ fn redis_options(r: &mut Reader<'_>, failure_policy: FailurePolicy) -> RedisOpti
         local_cache_bytes: r.get(&LOCAL_CACHE_SIZE_IN_BYTES),
         startup_backoff: (r.get(&REDIS_STARTUP_INITIAL_INTERVAL), r.get(&REDIS_STARTUP_MAX_INTERVAL)),
         failure_policy,
+        leasing: r.get(&REDIS_LEASING),
+        lease_horizon: r.get(&REDIS_LEASE_HORIZON),
     }
 }
 

@@ -6,9 +6,9 @@
 //! broken deployment in one round. `main` exits with code 64 (`EX_USAGE`) on any error.
 //!
 //! Each setting is declared once, as a typed [`Setting`] constant in the file of its
-//! subsystem (`listeners`, `rules`, `xds`, `backend`, `service`, `logging`, `stats`), and read
-//! through that constant; [`SPECS`] lists them all. Defaults that a module owns (its
-//! `DEFAULT_*` constants) are taken from it, not written again.
+//! subsystem (`listeners`, `rules`, `xds`, `backend`, `service`, `logging`, `stats`,
+//! `trace`), and read through that constant; [`SPECS`] lists them all. Defaults that a
+//! module owns (its `DEFAULT_*` constants) are taken from it, not written again.
 //!
 //! Tests give a `HashMap` source; nothing here reads or writes the process environment
 //! except [`Env`].
@@ -84,7 +84,27 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "connections are multiplexed and never run out"),
     ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "health always follows the Redis connection"),
     ("REDIS_STARTUP_MAX_ELAPSED_TIME", "sluicegate retries for ever, answering by BACKEND_FAILURE_POLICY meanwhile"),
+    // The memcache backend is refused (BACKEND_TYPE=memcache names these), so its
+    // settings could only be leftovers of a reference deployment: say so.
+    ("MEMCACHE_HOST_PORT", MEMCACHE),
+    ("MEMCACHE_SRV", MEMCACHE),
+    ("MEMCACHE_SRV_REFRESH", MEMCACHE),
+    ("MEMCACHE_MAX_IDLE_CONNS", MEMCACHE),
+    ("MEMCACHE_TLS", MEMCACHE),
+    ("MEMCACHE_TLS_CLIENT_CERT", MEMCACHE),
+    ("MEMCACHE_TLS_CLIENT_KEY", MEMCACHE),
+    ("MEMCACHE_TLS_CACERT", MEMCACHE),
+    ("MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION", MEMCACHE),
+    // Read by the reference's OpenTelemetry SDK, not by sluicegate's exporter.
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "spans are sent uncompressed"),
+    ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "spans are sent uncompressed"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "TRACING_EXPORTER_PROTOCOL picks the protocol, as in the reference"),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "TRACING_EXPORTER_PROTOCOL picks the protocol, as in the reference"),
+    ("OTEL_BSP_EXPORT_TIMEOUT", "each export is bounded by OTEL_EXPORTER_OTLP_TIMEOUT"),
 ];
+
+/// Why every `MEMCACHE_*` setting is ignored.
+const MEMCACHE: &str = "memcached is not supported; counters live in memory or Redis (BACKEND_TYPE)";
 
 /// Where settings come from.
 pub trait Source {
@@ -233,7 +253,7 @@ impl Settings {
         let log_level = r.get(&logging::LOG_LEVEL);
         let log_format = r.get(&logging::LOG_FORMAT);
         let stats = stats::read(&mut r, near_limit_ratio);
-        let tracing = trace::read(&mut r);
+        let tracing = trace::read(&mut r, &mut warnings);
         let rlqs = rlqs::read(&mut r, service.global_shadow_mode);
 
         for (name, why) in IGNORED {

@@ -66,10 +66,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A value as a settings error quotes it. Passwords (`*_AUTH` and the like) never show,
-/// and addresses (`*_URL`) show with their credentials masked: errors reach logs.
+/// A value as a settings error quotes it. Passwords (`*_AUTH` and the like) and header
+/// lists (`*_HEADERS`, which carry API keys) never show, and addresses (`*_URL`) show with
+/// their credentials masked: errors reach logs.
 pub(super) fn shown(name: &str, raw: &str) -> String {
-    if ["AUTH", "PASS", "PASSWORD", "SECRET", "TOKEN"].iter().any(|word| name.split('_').any(|part| part == *word)) {
+    let secret = ["AUTH", "PASS", "PASSWORD", "SECRET", "TOKEN", "HEADERS"];
+    if secret.iter().any(|word| name.split('_').any(|part| part == *word)) {
         "\"***\"".to_string()
     } else if name.ends_with("_URL") {
         format!("{:?}", crate::store::redis::mask::mask_addresses(raw))

@@ -151,6 +151,12 @@ fn every_credential_setting_is_masked_in_errors() {
     for name in secrets {
         assert_eq!(shown(name, "user:s3cret"), "\"***\"", "{name}");
     }
+    // Header lists carry API keys.
+    let headers: Vec<&str> = SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_HEADERS")).collect();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    for name in headers {
+        assert_eq!(shown(name, "api-key=s3cret"), "\"***\"", "{name}");
+    }
     for name in SPECS.iter().map(|s| s.env).filter(|n| n.ends_with("_URL")) {
         assert!(!shown(name, "redis://u:s3cret@h,u:s3cret@h:1").contains("s3cret"), "{name}");
     }
@@ -180,6 +186,20 @@ fn unsupported_providers_and_backends_are_named() {
     assert_eq!(err.0.len(), 2, "{err}");
     assert!(err.0[0].contains("expected FILE or GRPC_XDS_SOTW"), "{err}");
     assert!(err.0[1].contains("memcache is not supported"));
+    assert!(err.0[1].contains("MEMCACHE_HOST_PORT"), "the refusal names the settings that go with it: {err}");
+}
+
+#[test]
+fn memcache_settings_are_named_as_ignored() {
+    let s = parse(&[("MEMCACHE_HOST_PORT", "memcached:11211"), ("MEMCACHE_MAX_IDLE_CONNS", "100")]).unwrap();
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0]
+            .starts_with("MEMCACHE_HOST_PORT is set but has no effect in sluicegate: memcached is not supported")
+    );
+    assert!(s.warnings[1].starts_with("MEMCACHE_MAX_IDLE_CONNS is set but has no effect"), "{:?}", s.warnings);
+    let memcache: Vec<&str> = IGNORED.iter().map(|(n, _)| *n).filter(|n| n.starts_with("MEMCACHE_")).collect();
+    assert_eq!(memcache.len(), 9, "every MEMCACHE_* setting of the reference: {memcache:?}");
 }
 
 #[test]
@@ -332,23 +352,6 @@ fn decimal_writes_numbers_at_compile_time() {
     const TEN: &str = decimal!(10);
     const MAX: &str = decimal!(u64::MAX);
     assert_eq!([ZERO, TEN, MAX], ["0", "10", "18446744073709551615"]);
-}
-
-#[test]
-fn tracing_is_off_by_default_and_finds_its_endpoint_as_the_otel_variables_say() {
-    assert_eq!(parse(&[]).unwrap().tracing, None);
-    let endpoint = |pairs: &[(&str, &str)]| {
-        let mut all = vec![("TRACING_ENABLED", "true")];
-        all.extend_from_slice(pairs);
-        parse(&all).unwrap().tracing.expect("tracing on").endpoint
-    };
-    assert_eq!(endpoint(&[]), "http://localhost:4318/v1/traces");
-    assert_eq!(endpoint(&[("TRACING_EXPORTER_PROTOCOL", "grpc")]), "http://localhost:4317");
-    assert_eq!(endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]), "http://c:4318/v1/traces");
-    let traces = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:1"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:2/x")];
-    assert_eq!(endpoint(&traces), "http://t:2/x");
-    assert!(parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]).is_err());
-    assert!(parse(&[("TRACING_EXPORTER_PROTOCOL", "udp")]).is_err());
 }
 
 #[test]

@@ -63,29 +63,40 @@ pub fn load_with(
     version: u64,
     empty: EmptyConfig,
 ) -> Result<ConfigSnapshot, Diagnostics> {
-    let mut snapshot = read_source(source, options, registry, version)?;
-    if snapshot.rules.domains().is_empty() {
-        let name = source.name();
-        match empty {
-            EmptyConfig::Warn => snapshot.warnings.push(Diagnostic::warning(
-                &name,
-                Pos::START,
-                "no rule file defines a domain: every request is answered OK, with no limit \
-                 (CONFIG_REFUSE_EMPTY=true refuses such a load)",
-            )),
-            EmptyConfig::Refuse => {
-                let mut diags = snapshot.warnings;
-                diags.push(Diagnostic::error(
-                    &name,
-                    Pos::START,
-                    "no rule file defines a domain, and CONFIG_REFUSE_EMPTY=true refuses a load \
-                     that would leave every request unlimited",
-                ));
-                return Err(diags);
-            }
+    let snapshot = read_source(source, options, registry, version)?;
+    check_empty(snapshot, &source.name(), "no rule file defines a domain", empty)
+}
+
+/// A load that found no domain, taken as `empty` (`CONFIG_REFUSE_EMPTY`) says: a good load
+/// with a warning, or a failure that keeps the rules in force. Rule files and xDS pushes
+/// share it, so both refuse alike; `source` names where the rules came from (the rule
+/// files, `xds`) and `finding` says what was found, as the diagnostic's first words.
+pub fn check_empty(
+    mut snapshot: ConfigSnapshot,
+    source: &Arc<str>,
+    finding: &str,
+    empty: EmptyConfig,
+) -> Result<ConfigSnapshot, Diagnostics> {
+    if !snapshot.rules.domains().is_empty() {
+        return Ok(snapshot);
+    }
+    match empty {
+        EmptyConfig::Warn => {
+            let message = format!(
+                "{finding}: every request is answered OK, with no limit (CONFIG_REFUSE_EMPTY=true refuses such a load)"
+            );
+            snapshot.warnings.push(Diagnostic::warning(source, Pos::START, message));
+            Ok(snapshot)
+        }
+        EmptyConfig::Refuse => {
+            let mut diags = snapshot.warnings;
+            let message = format!(
+                "{finding}, and CONFIG_REFUSE_EMPTY=true refuses a load that would leave every request unlimited"
+            );
+            diags.push(Diagnostic::error(source, Pos::START, message));
+            Err(diags)
         }
     }
-    Ok(snapshot)
 }
 
 fn read_source(

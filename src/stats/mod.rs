@@ -30,6 +30,7 @@
 pub mod backend;
 mod exposition;
 mod label;
+pub mod lease;
 mod listener;
 mod millis;
 pub mod rlqs;

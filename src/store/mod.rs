@@ -12,6 +12,7 @@
 //! This module must not match rules or build responses.
 
 pub mod key;
+pub mod leased;
 pub mod memory;
 pub mod redis;
 
@@ -24,6 +25,7 @@ use crate::clock::Nanos;
 use crate::limiter::LimitParams;
 use crate::rules::{EntryView, Rule};
 use key::LimitIdentity;
+pub use leased::LeasedStore;
 pub use memory::{Applied, MemoryStore};
 pub use redis::RedisStore;
 
@@ -160,6 +162,8 @@ impl CounterStore for MemoryStore {
 pub enum Store {
     Memory(Arc<MemoryStore>),
     Redis(Arc<RedisStore>),
+    /// Redis with leases in front of its windows and token buckets (`REDIS_LEASING=true`).
+    Leased(Arc<LeasedStore>),
 }
 
 impl Store {
@@ -169,6 +173,7 @@ impl Store {
         match self {
             Store::Memory(m) => Some(m),
             Store::Redis(r) => r.fallback(),
+            Store::Leased(l) => l.redis().fallback(),
         }
     }
 }

@@ -1,57 +1,103 @@
 //! The export task: takes finished spans off the bounded queue, batches them (up to
-//! [`MAX_BATCH`] or [`BATCH_DELAY`]) and sends each batch as one OTLP
-//! `ExportTraceServiceRequest`, over gRPC (`TraceService/Export`) or HTTP (a protobuf
-//! POST, written on a plain TCP connection). A failed batch is dropped and counted.
-
-use std::time::Duration;
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans or `OTEL_BSP_SCHEDULE_DELAY`) and sends each
+//! batch as one OTLP `ExportTraceServiceRequest` through the [`Transport`]. A failed
+//! batch is dropped and counted. Asked to flush (at shutdown), it sends the batch it is
+//! filling and every span still queued, then ends.
 
 use metrics::Counter;
-use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::otlp::{self, ExportTraceServiceRequest, ExportTraceServiceResponse, attribute};
-use super::{ExportProtocol, SpanRecord, TraceOptions, random_u64};
+use super::otlp::{self, ExportTraceServiceRequest, attribute};
+use super::transport::Transport;
+use super::{SpanRecord, TraceOptions, random_u64};
 
-/// Most spans in one export.
-pub const MAX_BATCH: usize = 512;
-/// Longest a span waits for its batch to fill.
-pub const BATCH_DELAY: Duration = Duration::from_millis(500);
-/// Longest one export may take.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// The span name: the gRPC method, as OpenTelemetry's gRPC instrumentation names it.
 const SPAN_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
-/// Runs until every [`super::Tracer`] is dropped and the queue is empty.
-pub(super) async fn run(options: TraceOptions, mut spans: mpsc::Receiver<SpanRecord>, failed: Counter) {
+/// What the task waits on: the queue, and the one flush request.
+pub(super) struct Inbox {
+    spans: mpsc::Receiver<SpanRecord>,
+    /// `None` once the flush request has come (or can no longer come).
+    flush: Option<oneshot::Receiver<()>>,
+}
+
+enum Next {
+    Span(SpanRecord),
+    /// Every sender is gone and the queue is empty.
+    Closed,
+    Flush,
+}
+
+impl Inbox {
+    pub fn new(spans: mpsc::Receiver<SpanRecord>, flush: oneshot::Receiver<()>) -> Self {
+        Inbox { spans, flush: Some(flush) }
+    }
+
+    /// The next span or event. Cancel-safe (both receivers are), so it can race a timer.
+    async fn next(&mut self) -> Next {
+        let span = |s: Option<SpanRecord>| s.map_or(Next::Closed, Next::Span);
+        loop {
+            let Some(flush) = &mut self.flush else { return span(self.spans.recv().await) };
+            let asked = tokio::select! {
+                s = self.spans.recv() => return span(s),
+                asked = flush => asked,
+            };
+            self.flush = None;
+            // A dropped `Exporter` never asks: carry on until the queue closes.
+            if asked.is_ok() {
+                return Next::Flush;
+            }
+        }
+    }
+}
+
+/// Runs until every [`super::Tracer`] is dropped and the queue is empty, or until a flush
+/// has sent everything queued.
+pub(super) async fn run(options: TraceOptions, mut transport: Transport, mut inbox: Inbox, failed: Counter) {
     let resource = resource(&options);
-    let mut grpc = None;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let Some(first) = spans.recv().await else { return };
-        batch.push(first);
-        let deadline = tokio::time::sleep(BATCH_DELAY);
+    let max_batch = options.batch.max_batch;
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut flushing = false;
+    while !flushing {
+        match inbox.next().await {
+            Next::Span(first) => batch.push(first),
+            Next::Closed => return,
+            Next::Flush => flushing = true,
+        }
+        let deadline = tokio::time::sleep(options.batch.delay);
         tokio::pin!(deadline);
-        while batch.len() < MAX_BATCH {
+        while !flushing && !batch.is_empty() && batch.len() < max_batch {
             tokio::select! {
-                span = spans.recv() => match span {
-                    Some(span) => batch.push(span),
-                    None => break,
+                next = inbox.next() => match next {
+                    Next::Span(span) => batch.push(span),
+                    Next::Closed => break,
+                    Next::Flush => flushing = true,
                 },
                 () = &mut deadline => break,
             }
         }
-        let count = batch.len() as u64;
-        let request = request(&resource, batch.drain(..));
-        let sent = match options.protocol {
-            ExportProtocol::Grpc => send_grpc(&mut grpc, &options.endpoint, request).await,
-            ExportProtocol::Http => send_http(&options.endpoint, request.encode_to_vec()).await,
-        };
-        if let Err(e) = sent {
-            failed.increment(count);
-            tracing::warn!(endpoint = %options.endpoint, "dropped {count} spans: {e}");
+        if flushing {
+            // Everything queued by now goes out, in batches, then the task ends.
+            while let Ok(span) = inbox.spans.try_recv() {
+                batch.push(span);
+                if batch.len() == max_batch {
+                    send(&mut transport, &resource, &mut batch, &failed).await;
+                }
+            }
         }
+        send(&mut transport, &resource, &mut batch, &failed).await;
+    }
+}
+
+/// Exports `batch` (emptying it); a failure is logged and its spans counted as dropped.
+async fn send(transport: &mut Transport, resource: &otlp::Resource, batch: &mut Vec<SpanRecord>, failed: &Counter) {
+    if batch.is_empty() {
+        return;
+    }
+    let count = batch.len() as u64;
+    if let Err(e) = transport.send(request(resource, batch.drain(..))).await {
+        failed.increment(count);
+        tracing::warn!(endpoint = %transport.endpoint(), "dropped {count} spans: {e}");
     }
 }
 
@@ -94,53 +140,5 @@ fn request(resource: &otlp::Resource, spans: impl Iterator<Item = SpanRecord>) -
                 spans,
             }],
         }],
-    }
-}
-
-type GrpcClient = tonic::client::Grpc<tonic::transport::Channel>;
-
-async fn send_grpc(
-    client: &mut Option<GrpcClient>,
-    endpoint: &str,
-    request: ExportTraceServiceRequest,
-) -> Result<(), String> {
-    if client.is_none() {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| e.to_string())?
-            .timeout(EXPORT_TIMEOUT)
-            .connect_lazy();
-        *client = Some(tonic::client::Grpc::new(channel));
-    }
-    let grpc = client.as_mut().expect("set above");
-    grpc.ready().await.map_err(|e| e.to_string())?;
-    let codec = tonic_prost::ProstCodec::<ExportTraceServiceRequest, ExportTraceServiceResponse>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-    grpc.unary(tonic::Request::new(request), path, codec).await.map(drop).map_err(|e| e.to_string())
-}
-
-/// POSTs `body` to `endpoint` (`http://host:port/path`) over HTTP/1.1 and wants a 2xx.
-async fn send_http(endpoint: &str, body: Vec<u8>) -> Result<(), String> {
-    let rest = endpoint.strip_prefix("http://").ok_or("only http:// endpoints are supported")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        let mut status = [0u8; 12];
-        stream.read_exact(&mut status).await?;
-        Ok::<_, std::io::Error>(status)
-    };
-    let status = tokio::time::timeout(EXPORT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    match &status[9..10] {
-        b"2" => Ok(()),
-        _ => Err(format!("answered {}", String::from_utf8_lossy(&status))),
     }
 }

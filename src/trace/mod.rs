@@ -1,27 +1,37 @@
 //! Tracing (`TRACING_ENABLED`): one OpenTelemetry span per ShouldRateLimit call, joined to
 //! the caller's W3C trace context (`traceparent` metadata) or starting a new trace,
 //! sampled as the reference does (parent-based, then by `TRACING_SAMPLING_RATE`), and
-//! exported over OTLP (gRPC or HTTP/protobuf) in batches by a background task ([`export`]).
+//! exported over OTLP (gRPC or HTTP/protobuf, plain or TLS, with the configured headers)
+//! in batches by a background task ([`export`], over [`transport`]).
 //!
 //! The call path only builds a small record and `try_send`s it to a bounded queue: when
 //! the queue is full the span is dropped and counted, never waited for. When tracing is
-//! off there is no [`Tracer`] at all and the gRPC handler takes one branch.
+//! off there is no [`Tracer`] at all and the gRPC handler takes one branch. At shutdown
+//! [`Exporter::finish`] sends what is still queued, within the export timeout.
 
 mod export;
 pub mod otlp;
+mod transport;
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use metrics::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::stats::{Stats, TRACE_SPANS_DROPPED};
 
-/// Spans waiting for export; more are dropped (OpenTelemetry's default queue size).
+/// Spans waiting for export by default (`OTEL_BSP_MAX_QUEUE_SIZE`); more are dropped
+/// (OpenTelemetry's default queue size).
 pub const QUEUE_SPANS: usize = 2048;
+/// Most spans in one export by default (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), as OpenTelemetry.
+pub const MAX_BATCH: usize = 512;
+/// How long a span waits for its batch to fill by default (`OTEL_BSP_SCHEDULE_DELAY`),
+/// in milliseconds. Shorter than OpenTelemetry's 5 s: spans show up while one looks.
+pub const DEFAULT_BATCH_DELAY_MS: u64 = 500;
 
 /// How spans are exported (`TRACING_EXPORTER_PROTOCOL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +52,47 @@ pub struct TraceOptions {
     pub protocol: ExportProtocol,
     /// 1 or more samples every new trace, 0 or less none.
     pub sampling_rate: f64,
-    /// The full URL spans are sent to (`http://host:port/v1/traces` for HTTP,
-    /// `http://host:port` for gRPC).
+    /// The full URL spans are sent to (`http(s)://host:port/v1/traces` for HTTP,
+    /// `http(s)://host:port` for gRPC); `https` is TLS with [`TraceOptions::tls`].
     pub endpoint: String,
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Headers,
+    pub tls: TraceTls,
+    /// The bound on one export (`OTEL_EXPORTER_OTLP_TIMEOUT`), and on the flush at shutdown.
+    pub timeout: Duration,
+    pub batch: BatchOptions,
+}
+
+/// Header names and values, lower-case names, checked by `settings` to be sendable. Their
+/// values are often credentials, so `Debug` shows only the names.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(name, _)| format!("{name}: ***"))).finish()
+    }
+}
+
+/// TLS towards an `https` collector: the system's roots unless `ca` is given, and a client
+/// certificate if the collector asks for one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceTls {
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: PEM CA certificates, instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// The batch span processor's bounds (`OTEL_BSP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Longest a span waits for its batch to fill.
+    pub delay: Duration,
+    /// Most spans in one export.
+    pub max_batch: usize,
+    /// Spans waiting for export; more are dropped and counted.
+    pub queue: usize,
 }
 
 /// One finished span, as the call path hands it to the exporter.
@@ -78,14 +126,27 @@ pub struct Tracer {
     dropped: Counter,
 }
 
+/// The export task, for shutdown: [`Exporter::finish`] sends the spans still queued.
+#[derive(Debug)]
+pub struct Exporter {
+    flush: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    timeout: Duration,
+}
+
 impl Tracer {
-    /// Starts the export task on the current runtime.
-    pub fn start(options: TraceOptions, stats: &Stats) -> Arc<Tracer> {
-        let (queue, spans) = mpsc::channel(QUEUE_SPANS);
+    /// Starts the export task on the current runtime. Fails, saying why, when the TLS
+    /// files do not load or the endpoint is not a URL.
+    pub fn start(options: TraceOptions, stats: &Stats) -> Result<(Arc<Tracer>, Exporter), String> {
+        let transport = transport::Transport::new(&options)?;
+        let (queue, spans) = mpsc::channel(options.batch.queue);
+        let (flush, flushed) = oneshot::channel();
         let dropped = |reason| stats.counter(TRACE_SPANS_DROPPED, &[("reason", reason)], "Spans not exported");
         let tracer = Tracer { queue, sampling_rate: options.sampling_rate, dropped: dropped("queue_full") };
-        tokio::spawn(export::run(options, spans, dropped("export_failed")));
-        Arc::new(tracer)
+        let timeout = options.timeout;
+        let inbox = export::Inbox::new(spans, flushed);
+        let task = tokio::spawn(export::run(options, transport, inbox, dropped("export_failed")));
+        Ok((Arc::new(tracer), Exporter { flush, task, timeout }))
     }
 
     /// Begins the span of a call whose metadata is `metadata`.
@@ -119,6 +180,20 @@ impl Tracer {
         };
         if self.queue.try_send(record).is_err() {
             self.dropped.increment(1);
+        }
+    }
+}
+
+impl Exporter {
+    /// Sends every span still queued, and waits for it at most the export timeout
+    /// (`OTEL_EXPORTER_OTLP_TIMEOUT`): a collector that does not answer must not hold the
+    /// process at shutdown. Spans of calls that end after this are not exported.
+    pub async fn finish(self) {
+        let Exporter { flush, mut task, timeout } = self;
+        let _ = flush.send(());
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(?timeout, "the last spans were not exported within the timeout; stopping without them");
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::config::EmptyConfig;
 use crate::config::diag::{Diagnostic, Diagnostics};
 use crate::config::yaml::Pos;
 use crate::rules::{BuildOptions, LimitRegistry};
-use crate::snapshot::{ConfigSnapshot, load_texts_with};
+use crate::snapshot::{ConfigSnapshot, check_empty, load_texts_with};
 
 /// The name diagnostics give a resource.
 pub fn source_name(resource: &str) -> String {
@@ -159,17 +159,7 @@ pub fn build(
     match loaded {
         Ok(mut snapshot) if !diags.has_errors() => {
             snapshot.version = version;
-            if snapshot.rules.domains().is_empty() && empty == EmptyConfig::Refuse {
-                let name = Arc::from("xds");
-                diags.push(Diagnostic::error(
-                    &name,
-                    Pos::START,
-                    "the control plane sent no domain, and CONFIG_REFUSE_EMPTY=true refuses a load \
-                     that would leave every request unlimited",
-                ));
-                return Err(diags);
-            }
-            Ok(snapshot)
+            check_empty(snapshot, &Arc::from("xds"), "the control plane sent no domain", empty)
         }
         Ok(_) => Err(diags),
         Err(errors) => {
@@ -284,8 +274,10 @@ mod tests {
     #[test]
     fn an_empty_push_is_refused_only_when_asked() {
         let registry = LimitRegistry::new();
-        assert!(build(&[], &BuildOptions::default(), &registry, EmptyConfig::Warn, 1).is_ok());
+        let warned = build(&[], &BuildOptions::default(), &registry, EmptyConfig::Warn, 1).unwrap();
+        let warning = warned.warnings.to_string();
+        assert!(warning.contains("xds:1:1: warning: the control plane sent no domain: every request"), "{warning}");
         let errors = build(&[], &BuildOptions::default(), &registry, EmptyConfig::Refuse, 1).unwrap_err().to_string();
-        assert!(errors.contains("CONFIG_REFUSE_EMPTY=true"), "{errors}");
+        assert!(errors.contains("the control plane sent no domain, and CONFIG_REFUSE_EMPTY=true refuses"), "{errors}");
     }
 }

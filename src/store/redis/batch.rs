@@ -22,7 +22,7 @@ use crate::store::{Applied, Batch, Counter, Lane, StoreError};
 impl RedisStore {
     /// Decides a batch in Redis (and the local over-limit cache): the outcomes, and if a
     /// deployment failed, its error and the indexes of the counters it did not decide.
-    pub(super) async fn decide_all<E: EntryView>(
+    pub(crate) async fn decide_all<E: EntryView>(
         &self,
         counters: &[Counter<'_, E>],
         now: Nanos,

@@ -52,6 +52,10 @@ pub struct RedisOptions {
     pub startup_backoff: (Duration, Duration),
     /// `BACKEND_FAILURE_POLICY`.
     pub failure_policy: FailurePolicy,
+    /// `REDIS_LEASING`: windows and token buckets are admitted from leases (`store::leased`).
+    pub leasing: bool,
+    /// `REDIS_LEASE_HORIZON`: a lease holds about what a replica spends in this long.
+    pub lease_horizon: Duration,
 }
 
 #[derive(Debug)]

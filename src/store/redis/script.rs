@@ -149,7 +149,7 @@ fn window_us(params: &LimitParams) -> u64 {
 
 /// The GCRA emission interval in whole microseconds, rounded up (never faster than the
 /// limit); 0 when the limit is 0.
-fn emission_us(params: &LimitParams) -> u64 {
+pub fn emission_us(params: &LimitParams) -> u64 {
     if params.requests_per_unit == 0 { 0 } else { window_us(params).div_ceil(u64::from(params.requests_per_unit)) }
 }
 
