@@ -6,23 +6,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::load::write_atomically;
 use common::poll::eventually;
+use common::rlqs::{Said, open, rate, reports, said};
 use common::{OK, TestServer, http, metric, request, start};
-use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_response::BucketAction;
-use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_response::bucket_action::BucketAction as Action;
-use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_client::RateLimitQuotaServiceClient;
+use envoy_types::pb::envoy::service::rate_limit_quota::v3::RateLimitQuotaUsageReports;
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_usage_reports::BucketQuotaUsage;
-use envoy_types::pb::envoy::service::rate_limit_quota::v3::{
-    BucketId, RateLimitQuotaResponse, RateLimitQuotaUsageReports,
-};
-use envoy_types::pb::envoy::r#type::v3::rate_limit_strategy::{BlanketRule, Strategy};
-use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
-use tokio::sync::mpsc;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 const RULES: &str = r#"
 domain: api
@@ -36,111 +28,6 @@ descriptors:
     value: blocked
     rate_limit: {unit: second, requests_per_unit: 0}
 "#;
-
-/// One bucket's usage: its id, requests allowed and denied, over `elapsed_ms`.
-type Use<'a> = (&'a [(&'a str, &'a str)], u64, u64, u64);
-
-/// An open quota stream.
-struct Quota {
-    reports: Option<mpsc::Sender<RateLimitQuotaUsageReports>>,
-    answers: Streaming<RateLimitQuotaResponse>,
-}
-
-async fn open(addr: SocketAddr) -> Result<Quota, Status> {
-    let mut client = RateLimitQuotaServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let answers = client.stream_rate_limit_quotas(outbound).await?.into_inner();
-    Ok(Quota { reports: Some(tx), answers })
-}
-
-fn id(entries: &[(&str, &str)]) -> BucketId {
-    BucketId { bucket: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
-}
-
-fn reports(domain: &str, usages: &[Use<'_>]) -> RateLimitQuotaUsageReports {
-    RateLimitQuotaUsageReports {
-        domain: domain.into(),
-        bucket_quota_usages: usages
-            .iter()
-            .map(|(entries, allowed, denied, ms)| BucketQuotaUsage {
-                bucket_id: Some(id(entries)),
-                time_elapsed: Some(ProtoDuration {
-                    seconds: (*ms / 1000) as i64,
-                    nanos: (*ms % 1000 * 1_000_000) as i32,
-                }),
-                num_requests_allowed: *allowed,
-                num_requests_denied: *denied,
-            })
-            .collect(),
-    }
-}
-
-impl Quota {
-    async fn send(&self, message: RateLimitQuotaUsageReports) {
-        self.reports.as_ref().expect("the stream is open").send(message).await.unwrap();
-    }
-
-    async fn report(&self, domain: &str, usages: &[Use<'_>]) {
-        self.send(reports(domain, usages)).await;
-    }
-
-    /// The next answer, or the status the stream ended with.
-    async fn next(&mut self) -> Result<Option<RateLimitQuotaResponse>, Status> {
-        tokio::time::timeout(Duration::from_secs(10), self.answers.message()).await.expect("an answer within 10s")
-    }
-
-    async fn actions(&mut self) -> Vec<BucketAction> {
-        self.next().await.unwrap().expect("an answer, not the end of the stream").bucket_action
-    }
-
-    /// The next answer's only action, as (bucket id, what it says).
-    async fn action(&mut self) -> (HashMap<String, String>, Said) {
-        let actions = self.actions().await;
-        assert_eq!(actions.len(), 1, "{actions:?}");
-        said(&actions[0])
-    }
-}
-
-/// What an action says, simplified.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Said {
-    AllowAll,
-    DenyAll,
-    /// Tokens per second, max tokens, TTL.
-    Tokens(f64, u32, Duration),
-    Abandon,
-}
-
-fn said(action: &BucketAction) -> (HashMap<String, String>, Said) {
-    let bucket = action.bucket_id.clone().unwrap().bucket;
-    let said = match action.bucket_action.unwrap() {
-        Action::AbandonAction(_) => Said::Abandon,
-        Action::QuotaAssignmentAction(a) => {
-            let ttl = a.assignment_time_to_live.unwrap();
-            let ttl = Duration::new(ttl.seconds as u64, ttl.nanos as u32);
-            match a.rate_limit_strategy.unwrap().strategy.unwrap() {
-                Strategy::BlanketRule(b) if b == BlanketRule::AllowAll as i32 => Said::AllowAll,
-                Strategy::BlanketRule(_) => Said::DenyAll,
-                Strategy::TokenBucket(t) => {
-                    let fill = t.fill_interval.unwrap();
-                    let secs = fill.seconds as f64 + f64::from(fill.nanos) / 1e9;
-                    assert!(ttl >= Duration::from_secs(2), "{ttl:?}");
-                    Said::Tokens(f64::from(t.tokens_per_fill.unwrap().value) / secs, t.max_tokens, ttl)
-                }
-                other => panic!("unexpected strategy {other:?}"),
-            }
-        }
-    };
-    (bucket, said)
-}
-
-fn rate(said: Said) -> f64 {
-    match said {
-        Said::Tokens(rate, ..) => rate,
-        other => panic!("expected a token bucket, got {other:?}"),
-    }
-}
 
 /// Assignments live at least 2 s here (15 s by default), so TTLs show the reporting
 /// interval's part.
@@ -408,35 +295,4 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // The open stream does not hold the drain until its timeout.
     tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("a prompt stop").unwrap();
-}
-
-#[tokio::test]
-async fn replicas_sharing_redis_divide_a_limit_by_their_clients_demand() {
-    let redis = common::redis_server::RedisServer::start(&[]);
-    let url = redis.address();
-    let settings = [
-        ("BACKEND_TYPE", "redis"),
-        ("REDIS_URL", url.as_str()),
-        // Long enough that the clocks moved below do not expire the clients.
-        ("RLQS_ASSIGNMENT_TTL_MIN", "60s"),
-    ];
-    let one = start(&[("api.yaml", RULES)], &settings, 1_000_000).await;
-    let two = start(&[("api.yaml", RULES)], &settings, 1_000_000).await;
-    let bucket: &[(&str, &str)] = &[("api_key", "fleet")];
-    let (mut a, mut b) = (open(one.grpc).await.unwrap(), open(two.grpc).await.unwrap());
-    a.report("api", &[(bucket, 100, 100, 1000)]).await;
-    b.report("api", &[(bucket, 100, 0, 1000)]).await;
-    // Before the replicas have synced, each hands out the whole limit.
-    assert_eq!(rate(a.action().await.1), 100.0);
-    assert_eq!(rate(b.action().await.1), 100.0);
-    // Within a sync (1 s), each replica's budget is its clients' part of the fleet's
-    // demand, and its client is told without reporting again.
-    assert_eq!(rate(a.action().await.1), 66.0);
-    assert_eq!(rate(b.action().await.1), 33.0);
-
-    // Replica two goes away: once its entry is stale, replica one has the whole limit.
-    two.stop().await;
-    one.clock.advance(Duration::from_secs(11));
-    assert_eq!(rate(a.action().await.1), 100.0);
-    one.stop().await;
 }

@@ -4,8 +4,7 @@
 //! this replica may hand out" and "how this replica divides it": [`WholeLimit`] (the
 //! memory backend) gives each replica the whole limit, so with several replicas the
 //! division is per replica; `fleet::FleetShares` (the Redis backend) gives each replica
-//! its part by demand; a source that leases shares of the limit plugs in here the same
-//! way, without touching the division. [`divide`] splits a budget among clients in
+//! the part of the limit it claimed in Redis, so the fleet's budgets add up to the limit. [`divide`] splits a budget among clients in
 //! proportion to their demand, the demand being what each one's reports say it was
 //! offered ([`Demand`]: requests allowed plus denied over the time they cover), so the
 //! shares always add up to the budget and never more.
@@ -22,8 +21,9 @@ use super::matching::Quota;
 pub trait QuotaSource: Send + Sync + std::fmt::Debug {
     /// How many of `quota.per_window` requests per window this replica may divide among
     /// its clients of the bucket `name`, whose demands add up to `demand` requests per
-    /// second. At most `quota.per_window`.
-    fn budget(&self, name: &str, quota: &Quota, demand: f64) -> f64;
+    /// second, and whose assignments live at most `ttl` (how long a budget handed out
+    /// may still be in use). At most `quota.per_window`.
+    fn budget(&self, name: &str, quota: &Quota, demand: f64, ttl: Duration) -> f64;
 }
 
 /// Each replica divides the whole limit among its own clients.
@@ -31,7 +31,7 @@ pub trait QuotaSource: Send + Sync + std::fmt::Debug {
 pub struct WholeLimit;
 
 impl QuotaSource for WholeLimit {
-    fn budget(&self, _name: &str, quota: &Quota, _demand: f64) -> f64 {
+    fn budget(&self, _name: &str, quota: &Quota, _demand: f64, _ttl: Duration) -> f64 {
         f64::from(quota.per_window)
     }
 }

@@ -16,8 +16,8 @@
 //! Layout, one concern each: `stream` (the gRPC stream: reading reports, sending
 //! actions, ending with a status), `validate` (malformed reports), `matching` (bucket to
 //! rule to [`Target`]), `allocator` (where a bucket's budget comes from, [`QuotaSource`],
-//! and dividing it by demand), `fleet` (with Redis, a bucket's budget as this replica's
-//! part of the fleet's demand), `assign` (shares to Envoy's strategies and actions),
+//! and dividing it by demand), `fleet` (with Redis, a bucket's budget as the part of its
+//! limit this replica claimed, by demand, with `claim`'s script), `assign` (shares to Envoy's strategies and actions),
 //! `table` (subscriptions, releases, reloads). This module holds them together: the table
 //! behind one lock, the rules in force, the clock and the metrics.
 //!
@@ -26,6 +26,7 @@
 
 mod allocator;
 mod assign;
+mod claim;
 mod fleet;
 mod matching;
 mod stream;
@@ -40,7 +41,8 @@ use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_resp
 
 pub use allocator::{Demand, QuotaSource, WholeLimit, demands, divide};
 pub use assign::Strategy;
-pub use fleet::FleetShares;
+pub use claim::SOURCE as CLAIM_SCRIPT;
+pub use fleet::{CLAIM_MARGIN, FleetShares, SYNC_INTERVAL};
 pub use matching::{Quota, Resolved, Target, resolve};
 pub use stream::RlqsService;
 pub use table::{BucketName, BucketView, HYSTERESIS, StreamId, TTL_INTERVALS, Totals};
@@ -269,9 +271,13 @@ impl Rlqs {
     }
 
     /// Upkeep every [`UPKEEP_INTERVAL`], and at once after a reload, until `stop`; with a
-    /// fleet, its sync loop too.
+    /// fleet, its sync loop too, with an upkeep after every sync: the new budgets reach
+    /// the clients before the next sync may release what they held.
     pub async fn run(self: Arc<Self>, mut stop: Shutdown) {
-        let _sync = self.fleet.clone().map(|fleet| AbortOnDrop(tokio::spawn(fleet.run(stop.clone()))));
+        let _sync = self.fleet.clone().map(|fleet| {
+            let me = self.clone();
+            AbortOnDrop(tokio::spawn(fleet.run(stop.clone(), move || me.upkeep())))
+        });
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}

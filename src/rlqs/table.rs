@@ -304,9 +304,10 @@ impl Table {
                 let rates: Vec<Option<f64>> = ids.iter().map(|id| bucket.clients[id].demand.rate()).collect();
                 let demands = demands(&rates);
                 let held: Vec<Option<Sent>> = ids.iter().map(|id| bucket.clients[id].sent).collect();
+                let ttl = bucket.clients.values().map(|c| c.ttl).max().unwrap_or_default();
                 let budget = ctx
                     .source
-                    .budget(&key.describe(), &quota, demands.iter().sum())
+                    .budget(&key.describe(), &quota, demands.iter().sum(), ttl)
                     .clamp(0.0, f64::from(quota.per_window));
                 let targets = divide(budget, &demands);
                 let close = |held: &Option<Sent>, target: f64| {
