@@ -15,7 +15,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::app::Server;
 use crate::config::{ConfigSource, EmptyConfig};
 use crate::limiter::{Algorithm, LimitParams};
-use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule};
+use crate::rules::{BuildOptions, Domain, Limit, LimitRegistry, Rule, RuleSet};
 use crate::settings::rules::{CONFIG_MAX_RULES, CONFIG_REFUSE_EMPTY, DEFAULT_ALGORITHM, MERGE_DOMAIN_CONFIG};
 use crate::settings::{Env, SPECS, Settings, Spec, WithFlags, build_options, empty_config, flag_name};
 use crate::snapshot;
@@ -81,29 +81,35 @@ pub fn command() -> Command {
             ),
         VALIDATE_SETTINGS,
     );
-    let explain = with_load_flags(
-        Command::new("explain")
-            .about("Show which rule each descriptor matches (or why none), with its limits")
-            .arg(
-                Arg::new("config")
-                    .long("config")
-                    .value_name("PATH")
-                    .action(ArgAction::Append)
-                    .required(true)
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help("A rule file or directory (repeatable)"),
-            )
-            .arg(Arg::new("domain").long("domain").value_name("DOMAIN").required(true).help("The request's domain"))
-            .arg(
-                Arg::new("descriptor")
-                    .long("descriptor")
-                    .value_name("K=V[,K=V...]")
-                    .action(ArgAction::Append)
-                    .required(true)
-                    .help("A descriptor's entries in order (repeatable, one per descriptor)"),
-            ),
-        BUILD_SETTINGS,
-    );
+    let explain =
+        with_load_flags(
+            Command::new("explain")
+                .about("Show which rule each descriptor matches (or why none), with its limits")
+                .arg(
+                    Arg::new("config")
+                        .long("config")
+                        .value_name("PATH")
+                        .action(ArgAction::Append)
+                        .required(true)
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("A rule file or directory (repeatable)"),
+                )
+                .arg(Arg::new("domain").long("domain").value_name("DOMAIN").required(true).help("The request's domain"))
+                .arg(
+                    Arg::new("descriptor")
+                        .long("descriptor")
+                        .value_name("K=V[,K=V...]")
+                        .action(ArgAction::Append)
+                        .required_unless_present("bucket")
+                        .help("A descriptor's entries in order (repeatable, one per descriptor)"),
+                )
+                .arg(
+                    Arg::new("bucket").long("bucket").value_name("K=V[,K=V...]").action(ArgAction::Append).help(
+                        "An RLQS bucket id's entries, any order (repeatable): the rule and the assignment it gets",
+                    ),
+                ),
+            BUILD_SETTINGS,
+        );
     with_setting_flags(
         Command::new("sluicegate")
             .version(env!("CARGO_PKG_VERSION"))
@@ -225,13 +231,7 @@ fn explain(matches: &ArgMatches) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     for (i, text) in matches.get_many::<String>("descriptor").into_iter().flatten().enumerate() {
-        let entries: Vec<(String, String)> = text
-            .split(',')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (pair.to_string(), String::new()),
-            })
-            .collect();
+        let entries = parse_entries(text);
         println!("descriptor {}: {text}", i + 1);
         let (rule, lines) = domain.explain(&entries);
         for line in lines {
@@ -241,7 +241,47 @@ fn explain(matches: &ArgMatches) -> ExitCode {
             println!("  => {line}");
         }
     }
+    for (i, text) in matches.get_many::<String>("bucket").into_iter().flatten().enumerate() {
+        println!("bucket {}: {text}", i + 1);
+        explain_bucket(&snapshot.rules, domain, &parse_entries(text));
+    }
     ExitCode::SUCCESS
+}
+
+/// `k=v,k=v` as entries (a bare `k` has an empty value).
+fn parse_entries(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (pair.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// How an RLQS bucket id maps onto `domain`'s tree, and the assignment it gets.
+fn explain_bucket(rules: &RuleSet, domain: &Domain, entries: &[(String, String)]) {
+    use crate::rlqs::{Target, resolve};
+    let pairs: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let levels = domain.bucket_levels(&pairs);
+    let order: Vec<String> = levels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("  levels, in the rule tree's order: {}", order.join(", "));
+    let (_, lines) = domain.explain(&levels);
+    for line in lines {
+        println!("  {line}");
+    }
+    // The global SHADOW_MODE is a serving setting; explain shows the rules' own answer.
+    let resolved = resolve(Some(rules), &domain.name, &pairs, false);
+    let assignment = match resolved.target {
+        Target::Unassigned => "no assignment".to_string(),
+        Target::AllowAll => "ALLOW_ALL (a blanket rule)".to_string(),
+        Target::DenyAll => "DENY_ALL (a blanket rule)".to_string(),
+        Target::Limit(q) => format!(
+            "a token bucket per client: {} requests per {:?} (burst {}) divided among the clients reporting the bucket, by demand",
+            q.per_window, q.window, q.burst
+        ),
+    };
+    let rule = resolved.rule.map_or(String::from("no rule"), |r| format!("rule {r}"));
+    println!("  => RLQS: {rule}: {assignment}");
 }
 
 /// What applies to a descriptor that ended at `rule` (or at no rule).

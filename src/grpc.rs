@@ -1,4 +1,5 @@
-//! The gRPC front end: `RateLimitService` and `grpc.health.v1.Health` on tonic.
+//! The gRPC front end: `RateLimitService`, `RateLimitQuotaService` (served by `rlqs`)
+//! and `grpc.health.v1.Health` on tonic.
 //!
 //! Owns serving gRPC on worker threads. Each worker is a current-thread tokio runtime
 //! with its own listening socket on the shared port (`SO_REUSEPORT`, so the kernel
@@ -13,6 +14,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_server::RateLimitQuotaServiceServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -24,6 +26,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::accept::{ConnectionCap, Incoming};
 use crate::health::Health;
+use crate::rlqs::RlqsService;
 use crate::serve::{self, Endpoint};
 use crate::service::RateLimiter;
 use crate::signal::Shutdown;
@@ -103,8 +106,13 @@ impl RateLimitService for RlsService {
 }
 
 /// Service names the health service answers for: the reference's `ratelimit`, the
-/// overall server (`""`), and the full gRPC service name.
-const HEALTH_NAMES: [&str; 3] = ["", "ratelimit", <RateLimitServiceServer<RlsService> as NamedService>::NAME];
+/// overall server (`""`), and the full gRPC service names.
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    "ratelimit",
+    <RateLimitServiceServer<RlsService> as NamedService>::NAME,
+    <RateLimitQuotaServiceServer<RlqsService> as NamedService>::NAME,
+];
 
 /// Keeps the gRPC health service in step with [`Health`] until `health` is dropped.
 pub async fn follow_health(health: Arc<Health>, reporter: HealthReporter) {
@@ -128,12 +136,14 @@ pub enum GrpcListener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// The router of one worker: the rate limit service and gRPC health, as tonic routes them.
+/// The router of one worker: the rate limit and quota services and gRPC health, as
+/// tonic routes them.
 pub fn router(
     rls: RateLimitServiceServer<RlsService>,
+    rlqs: RateLimitQuotaServiceServer<RlqsService>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) -> axum::Router {
-    tonic::service::Routes::new(rls).add_service(health).prepare().into_axum_router()
+    tonic::service::Routes::new(rls).add_service(rlqs).add_service(health).prepare().into_axum_router()
 }
 
 /// Runs `endpoint` on `listener` on a new thread with its own current-thread runtime,

@@ -29,6 +29,7 @@ use axum::routing::{any, get};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 
 use crate::health::Health;
+use crate::rlqs::Rlqs;
 use crate::service::{RateLimiter, ServiceError};
 use crate::snapshot::Reloader;
 use crate::stats::Stats;
@@ -36,6 +37,8 @@ use crate::stats::Stats;
 #[derive(Clone, Debug)]
 pub struct HttpState {
     pub limiter: Arc<RateLimiter>,
+    /// The quota service, whose buckets `/debug/config` lists.
+    pub rlqs: Arc<Rlqs>,
     pub health: Arc<Health>,
     pub reloader: Arc<Reloader>,
     pub stats: Arc<Stats>,
@@ -156,8 +159,56 @@ async fn debug_config(State(state): State<HttpState>) -> Response {
         },
         "last_reload_error": failure,
         "backend": backend_state(state.limiter.store()),
+        "rlqs": rlqs_state(&state.rlqs),
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{body:#}\n")).into_response()
+}
+
+/// The most RLQS buckets `/debug/config` lists (the totals count every one).
+const DEBUG_MAX_BUCKETS: usize = 1000;
+
+/// The RLQS streams and buckets: per bucket its rule, what it resolves to, and per
+/// client (by stream) its demand and what it holds.
+fn rlqs_state(rlqs: &Rlqs) -> serde_json::Value {
+    use crate::rlqs::{Strategy, Target};
+    let strategy = |s: &Strategy| match s {
+        Strategy::AllowAll => serde_json::json!("ALLOW_ALL"),
+        Strategy::DenyAll => serde_json::json!("DENY_ALL"),
+        Strategy::Tokens { max_tokens, tokens_per_fill, fill_interval } => serde_json::json!({
+            "max_tokens": max_tokens,
+            "tokens_per_fill": tokens_per_fill,
+            "fill_interval": format!("{fill_interval:?}"),
+        }),
+    };
+    let totals = rlqs.totals();
+    let buckets: Vec<serde_json::Value> = rlqs
+        .buckets(DEBUG_MAX_BUCKETS)
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "domain": &*b.name.domain,
+                "bucket_id": b.name.entries.iter().map(|(k, v)| (k.to_string(), serde_json::json!(&**v))).collect::<serde_json::Map<_, _>>(),
+                "rule": b.rule,
+                "target": match b.target {
+                    Target::Unassigned => serde_json::json!("unassigned"),
+                    Target::AllowAll => serde_json::json!("ALLOW_ALL"),
+                    Target::DenyAll => serde_json::json!("DENY_ALL"),
+                    Target::Limit(q) => serde_json::json!({"requests": q.per_window, "per": format!("{:?}", q.window), "burst": q.burst}),
+                },
+                "clients": b.clients.iter().map(|(stream, demand, held)| serde_json::json!({
+                    "stream": stream,
+                    "demand_per_second": demand,
+                    "assigned": held.as_ref().map(strategy),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "streams": totals.streams,
+        "buckets": totals.buckets,
+        "subscriptions": totals.subscriptions,
+        "listed": buckets,
+    })
 }
 
 async fn not_found() -> Response {

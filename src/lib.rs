@@ -14,6 +14,8 @@
 //!   client can cost (caps, timeouts, backoff on accept errors).
 //! - [`service`]: one `ShouldRateLimit` from request to response: validation, matching,
 //!   `replaces`, shadow and quota modes, headers, dynamic metadata.
+//! - [`rlqs`]: the Rate Limit Quota Service: Envoy's quota streams, bucket ids matched
+//!   to the same rules, each bucket's limit divided among its clients by demand.
 //! - [`rules`]: the compiled, immutable rule set and the matcher.
 //! - [`limiter`]: units, limit parameters, and the pure decision functions.
 //! - [`store`]: where counters live ([`store::memory`]: exact, bounded).
@@ -42,6 +44,7 @@ pub mod http;
 pub mod json;
 pub mod limiter;
 pub mod logging;
+pub mod rlqs;
 pub mod rules;
 pub mod serve;
 pub mod service;

@@ -136,7 +136,7 @@ fn the_readme_names_every_ignored_reference_setting() {
 /// the examples cannot rot.
 #[test]
 fn every_yaml_example_in_the_docs_loads() {
-    for doc in ["README.md", "docs/rules.md", "examples/envoy/README.md"] {
+    for doc in ["README.md", "docs/rules.md", "docs/rlqs.md", "examples/envoy/README.md"] {
         let Ok(text) = std::fs::read_to_string(doc) else { continue };
         let mut blocks = 0;
         for (i, block) in text.split("```yaml\n").skip(1).enumerate() {

@@ -126,7 +126,12 @@ async fn health_is_served_over_grpc_and_http() {
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel);
-    for service in ["", "ratelimit", "envoy.service.ratelimit.v3.RateLimitService"] {
+    for service in [
+        "",
+        "ratelimit",
+        "envoy.service.ratelimit.v3.RateLimitService",
+        "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
+    ] {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, 1, "SERVING for {service:?}");
     }

@@ -323,6 +323,30 @@ fn explain_says_which_rule_matches_and_why_not() {
     assert_eq!(output.status.code(), Some(1));
 }
 
+#[test]
+fn explain_maps_an_rlqs_bucket_id_onto_the_rule_tree() {
+    let output = sluicegate()
+        .args(["explain", "--config", "config", "--domain", "example"])
+        .args(["--bucket", "method=DELETE,path=/report", "--bucket", "remote_address=10.0.0.66"])
+        .args(["--bucket", "api_key=internal-ci", "--bucket", "user=alice"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let expected = [
+        "bucket 1: method=DELETE,path=/report",
+        "  levels, in the rule tree's order: path=/report, method=DELETE",
+        "  => RLQS: rule example.path_/report.method: a token bucket per client: 60 requests per 60s (burst 60) divided among the clients reporting the bucket, by demand",
+        "  => RLQS: rule example.remote_address_10.0.0.66: DENY_ALL (a blanket rule)",
+        "  => RLQS: rule example.api_key_internal-*: ALLOW_ALL (a blanket rule)",
+        "  level 1: (user, alice): no rule has key 'user' here (keys: api_key, path, remote_address)",
+        "  => RLQS: no rule: ALLOW_ALL (a blanket rule)",
+    ];
+    for line in expected {
+        assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
+    }
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let dir = TempDir::new("json-logs");

@@ -42,6 +42,37 @@ async fn call(running: &Running, tls: Option<ClientTlsConfig>) -> Result<(), Str
     client.should_rate_limit(request("d", &[&[("k", "v")]])).await.map(|_| ()).map_err(|e| format!("call: {e}"))
 }
 
+/// One quota report over a fresh connection: the stream's first answer.
+async fn quota(running: &Running, tls: Option<ClientTlsConfig>) -> Result<usize, String> {
+    use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_client::RateLimitQuotaServiceClient;
+    use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_usage_reports::BucketQuotaUsage;
+    use envoy_types::pb::envoy::service::rate_limit_quota::v3::{BucketId, RateLimitQuotaUsageReports};
+    use futures_util::StreamExt;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        Channel::from_shared(format!("{scheme}://{}", running.grpc)).unwrap().connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let report = RateLimitQuotaUsageReports {
+        domain: "d".into(),
+        bucket_quota_usages: vec![BucketQuotaUsage {
+            bucket_id: Some(BucketId { bucket: [("k".to_string(), "v".to_string())].into() }),
+            ..BucketQuotaUsage::default()
+        }],
+    };
+    // One report, and the stream stays open (an ended request stream would end the call).
+    let reports = futures_util::stream::iter([report]).chain(futures_util::stream::pending());
+    let mut answers = RateLimitQuotaServiceClient::new(channel)
+        .stream_rate_limit_quotas(reports)
+        .await
+        .map_err(|e| format!("call: {e}"))?
+        .into_inner();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answers.message()).await.map_err(|e| e.to_string())?;
+    Ok(answer.map_err(|e| e.to_string())?.map_or(0, |a| a.bucket_action.len()))
+}
+
 fn trusting(ca: &Ca) -> ClientTlsConfig {
     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())).domain_name("localhost")
 }
@@ -63,6 +94,9 @@ async fn serves_tls_and_rotates_the_certificate_without_a_restart() {
     );
     call(&running, Some(trusting(&ca))).await.unwrap();
     assert!(call(&running, None).await.is_err(), "plain text is refused");
+    // The quota service shares the listener, so its TLS.
+    assert_eq!(quota(&running, Some(trusting(&ca))).await, Ok(1), "an RLQS assignment over TLS");
+    assert!(quota(&running, None).await.is_err(), "plain text is refused for RLQS too");
     let other = Ca::new("another CA");
     assert!(call(&running, Some(trusting(&other))).await.is_err(), "an untrusted certificate is refused");
 

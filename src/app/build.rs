@@ -1,8 +1,9 @@
 //! Building the service from its settings: the rules loaded and put in force, the
 //! counter store, the limiter.
 //!
-//! Owns the start-up order (watch the rule files before the first load, so a change
-//! during it still reloads; load; then the store) and the [`Installer`], through which
+//! Owns the start-up order (the store, not connected yet, and the quota service over
+//! it; watch the rule files before the first load, so a change during it still
+//! reloads; load) and the [`Installer`], through which
 //! every good load goes in force with its stats series, and health and metrics follow.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::diag::Diagnostics;
 use crate::health::Health;
+use crate::rlqs::{FleetShares, Rlqs};
 use crate::rules::LimitRegistry;
 use crate::service::{Active, RateLimiter, SharedConfig};
 use crate::settings::{Backend, Listen, Settings};
@@ -22,12 +24,14 @@ use super::bind::{bind_grpc, bind_plain};
 use super::{Server, Shared, StartError, Started};
 
 /// Puts good loads in force: the snapshot with its stats series in one swap, then the
-/// health (ready once a load has rules) and the load metrics.
+/// health (ready once a load has rules), the load metrics, and the quota service (which
+/// reassigns or abandons buckets at once).
 #[derive(Debug)]
 pub struct Installer {
     pub config: SharedConfig,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
+    pub rlqs: Arc<Rlqs>,
 }
 
 impl Install for Installer {
@@ -36,6 +40,7 @@ impl Install for Installer {
         self.stats.config_loaded(snapshot.version, snapshot.loaded_at, domains);
         self.config.store(Some(Arc::new(Active::new(snapshot))));
         self.health.set_config_loaded(domains);
+        self.rlqs.rules_changed();
     }
 
     fn failed(&self, _errors: &Diagnostics) {
@@ -63,33 +68,14 @@ impl Server {
         let stats = Stats::new(settings.stats.clone());
         let health = Arc::new(Health::new(settings.healthy_with_at_least_one_config_loaded));
         let config = SharedConfig::default();
-        let installer = Installer { config: config.clone(), stats: stats.clone(), health: health.clone() };
-        let loader = ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
-            .on_empty(settings.empty_config);
-        let reloader = Arc::new(Reloader::new(loader, Arc::new(installer)));
-        // With CONFIG_TYPE=GRPC_XDS_SOTW no file is watched or loaded: `run` starts the xDS
-        // client instead. Otherwise: watch first, load second (a change during the load
-        // still reloads).
-        let (watching, first_load) = match &settings.xds {
-            Some(_) => (crate::watch::Watching::arm_targets(Box::new(Vec::new)), Ok(())),
-            None => (snapshot::arm(&settings.config_source), Err(())),
-        };
-        if let Err(diags) = first_load.or_else(|()| reloader.reload()) {
-            if !settings.force_start_without_initial_config {
-                return Err(StartError::Config(diags));
-            }
-            tracing::warn!(
-                "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
-            );
-        }
         let (store, memory, redis) = match &settings.backend {
             Backend::Memory => {
-                let memory = Arc::new(MemoryStore::new(registry, settings.memory_max_counters));
+                let memory = Arc::new(MemoryStore::new(registry.clone(), settings.memory_max_counters));
                 (Store::Memory(memory.clone()), Some(memory), None)
             }
             Backend::Redis(options) => {
                 let policy = options.failure_policy;
-                let local = MemoryStore::new(registry, settings.memory_max_counters);
+                let local = MemoryStore::new(registry.clone(), settings.memory_max_counters);
                 let redis = Arc::new(RedisStore::new((**options).clone(), local, stats.backend_error.clone()));
                 // Until Redis first answers, the policy says whether calls can be answered.
                 health.set_backend_ok(redis.serving());
@@ -111,6 +97,36 @@ impl Server {
                 (store, redis.fallback().cloned(), Some(redis))
             }
         };
+        let rlqs = Rlqs::new(config.clone(), clock.clone(), settings.rlqs.clone(), &stats);
+        // With Redis, RLQS divides each limit among the replicas by their clients' demand.
+        let rlqs = match redis.as_ref().and_then(|r| r.backends().next()) {
+            Some(main) => {
+                let prefix = redis.as_ref().map_or("", |r| r.options().key_prefix.as_str());
+                rlqs.with_fleet(Arc::new(FleetShares::new(main.clone(), prefix, clock.clone())))
+            }
+            None => rlqs,
+        };
+        let rlqs = Arc::new(rlqs);
+        let installer =
+            Installer { config: config.clone(), stats: stats.clone(), health: health.clone(), rlqs: rlqs.clone() };
+        let loader = ConfigLoader::new(settings.config_source.clone(), options, registry.clone())
+            .on_empty(settings.empty_config);
+        let reloader = Arc::new(Reloader::new(loader, Arc::new(installer)));
+        // With CONFIG_TYPE=GRPC_XDS_SOTW no file is watched or loaded: `run` starts the xDS
+        // client instead. Otherwise: watch first, load second (a change during the load
+        // still reloads).
+        let (watching, first_load) = match &settings.xds {
+            Some(_) => (crate::watch::Watching::arm_targets(Box::new(Vec::new)), Ok(())),
+            None => (snapshot::arm(&settings.config_source), Err(())),
+        };
+        if let Err(diags) = first_load.or_else(|()| reloader.reload()) {
+            if !settings.force_start_without_initial_config {
+                return Err(StartError::Config(diags));
+            }
+            tracing::warn!(
+                "starting without rules (FORCE_START_WITHOUT_INITIAL_CONFIG); every call is UNAVAILABLE until a config loads"
+            );
+        }
         let limiter =
             Arc::new(RateLimiter::new(config, store, clock, settings.service.clone()).with_stats(stats.clone()));
 
@@ -137,7 +153,7 @@ impl Server {
         }
         tracing::warn!("Listening for HTTP on '{http_addr}'");
         Ok(Started {
-            shared: Shared { limiter, health, reloader, stats, memory, redis },
+            shared: Shared { limiter, health, reloader, stats, memory, redis, rlqs },
             watching,
             tls,
             settings,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::config::diag::Diagnostics;
 use crate::grpc::GrpcListener;
 use crate::health::Health;
+use crate::rlqs::Rlqs;
 use crate::service::RateLimiter;
 use crate::settings::Settings;
 use crate::snapshot::Reloader;
@@ -78,6 +79,8 @@ pub struct Shared {
     /// In-process counters to sweep: the memory store, or Redis's local fallback.
     pub memory: Option<Arc<MemoryStore>>,
     pub redis: Option<Arc<RedisStore>>,
+    /// The quota service, on the gRPC listener next to the rate limit service.
+    pub rlqs: Arc<Rlqs>,
 }
 
 pub struct Server;

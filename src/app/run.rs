@@ -11,11 +11,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_server::RateLimitQuotaServiceServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 use crate::accept::{AcceptMetrics, ConnectionCap, Incoming};
 use crate::grpc::{self, RlsService};
 use crate::http::{self, HttpState};
+use crate::rlqs::RlqsService;
 use crate::serve::{CallsInFlight, DRAIN_TIMEOUT, Endpoint, HttpLimits, Protocol, TimeoutMetrics};
 use crate::signal::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -69,11 +71,16 @@ impl Started {
         let grpc_timeouts = TimeoutMetrics::new(&shared.stats, "grpc");
         for (index, listener) in grpc_listeners.into_iter().enumerate() {
             let rls = RlsService::new(shared.limiter.clone(), index).traced(tracer.clone());
+            let rlqs = RlqsService::new(shared.rlqs.clone(), stop_rx.clone());
             let calls = Arc::new(CallsInFlight::default());
             in_flight.push(calls.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let endpoint = Endpoint {
-                router: grpc::router(RateLimitServiceServer::new(rls), health_server.clone()),
+                router: grpc::router(
+                    RateLimitServiceServer::new(rls),
+                    RateLimitQuotaServiceServer::new(rlqs),
+                    health_server.clone(),
+                ),
                 protocol: Protocol::Grpc(limits.grpc.clone()),
                 tls: tls.as_ref().map(|(tls, _)| tls.clone()),
                 timeouts: grpc_timeouts.clone(),
@@ -90,6 +97,7 @@ impl Started {
             health: shared.health.clone(),
             reloader: shared.reloader.clone(),
             stats: shared.stats.clone(),
+            rlqs: shared.rlqs.clone(),
         };
         let (stats, http_limits) = (&shared.stats, &limits.http);
         let http =
@@ -104,6 +112,7 @@ impl Started {
                 }
             })),
             tokio::spawn(upkeep_loop(shared.stats.clone(), stop_rx.clone())),
+            tokio::spawn(shared.rlqs.clone().run(stop_rx.clone())),
         ];
         if let Some(memory) = shared.memory.clone() {
             let clock = shared.limiter.clock().clone();

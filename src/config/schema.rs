@@ -11,7 +11,8 @@
 //! nowhere is an error.
 //!
 //! sluicegate's extensions (docs/rules.md: `algorithm`, `limit` strings, `rate_limits`,
-//! `burst`, `unit_multiplier`, `response`, `default_limit`, `inherit_default`) are read
+//! `burst`, `unit_multiplier`, `response`, `default_limit`, `inherit_default`,
+//! `bucket_key_order`) are read
 //! here too; a reference file never needs them.
 //!
 //! Cross-node checks (duplicate siblings, duplicate domains, a `burst` on an algorithm
@@ -40,6 +41,8 @@ pub struct DomainDoc {
     pub algorithm: Option<Algorithm>,
     /// `default_limit`: applied to descriptors that match no rule.
     pub default_limits: Vec<LimitDef>,
+    /// `bucket_key_order`: the order of an RLQS bucket id's keys, and where it was set.
+    pub bucket_key_order: Option<(Pos, Vec<String>)>,
 }
 
 /// One `descriptors` entry, with its children.
@@ -134,9 +137,10 @@ const EXTENSION_KEYS: &[&str] = &[
     "body",
     "headers",
     "inherit_default",
+    "bucket_key_order",
 ];
 
-const TOP_KEYS: &[&str] = &["domain", "descriptors", "algorithm", "default_limit"];
+const TOP_KEYS: &[&str] = &["domain", "descriptors", "algorithm", "default_limit", "bucket_key_order"];
 const DESCRIPTOR_KEYS: &[&str] = &[
     "key",
     "value",
@@ -228,6 +232,7 @@ impl Reader<'_> {
         let algorithm = fields.get("algorithm").and_then(|a| self.algorithm(a));
         let default_limits =
             fields.get("default_limit").map(|l| self.limit_string(l, "default_limit")).unwrap_or_default();
+        let bucket_key_order = fields.get("bucket_key_order").map(|n| (n.pos, self.key_list(n, "bucket_key_order")));
         let descriptors = match fields.get("descriptors") {
             Some(node) => self.descriptor_list(node),
             None => Vec::new(),
@@ -243,7 +248,26 @@ impl Reader<'_> {
             descriptors,
             algorithm,
             default_limits,
+            bucket_key_order,
         })
+    }
+
+    /// A list of distinct, non-empty key names.
+    fn key_list(&mut self, node: &Node, field: &str) -> Vec<String> {
+        let Value::Seq(items) = &node.value else {
+            self.error(node.pos, format!("{field} must be a list of keys, found {}", node.describe()));
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            match self.text(item, field) {
+                Some(key) if key.is_empty() => self.error(item.pos, format!("{field} has an empty key")),
+                Some(key) if keys.contains(&key) => self.error(item.pos, format!("{field} names '{key}' twice")),
+                Some(key) => keys.push(key),
+                None => {}
+            }
+        }
+        keys
     }
 
     /// Checks a mapping's keys: strings, known somewhere, expected here.

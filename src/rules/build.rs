@@ -70,6 +70,7 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
             children: Vec::new(),
             root: Children::default(),
             defaults: Box::default(),
+            bucket_key_order: Box::default(),
         });
         let algorithm = doc.algorithm.unwrap_or(options.default_algorithm);
         let mut builder = Builder {
@@ -95,6 +96,17 @@ pub fn build(docs: &[DomainDoc], options: &BuildOptions, registry: &LimitRegistr
                 defaults_seen.insert(&doc.domain, doc);
                 let defaults = builder.limits(&doc.default_limits, "\0default_limit", None);
                 builder.domain.defaults = defaults.into();
+            }
+        }
+        if let Some((pos, keys)) = &doc.bucket_key_order {
+            if builder.domain.bucket_key_order.is_empty() {
+                builder.domain.bucket_key_order = keys.iter().map(|k| Box::from(k.as_str())).collect();
+            } else {
+                builder.diags.push(Diagnostic::error(
+                    &doc.file,
+                    *pos,
+                    format!("bucket_key_order of domain '{}' is already set in another file", doc.domain),
+                ));
             }
         }
         for def in &doc.descriptors {

@@ -10,6 +10,7 @@
 //!
 //! Matching allocates nothing. This module must not count, decide or build responses.
 
+mod bucket;
 mod build;
 mod registry;
 pub mod wildcard;
@@ -115,6 +116,8 @@ pub struct Domain {
     /// `default_limit`: counted per distinct descriptor for descriptors that match no
     /// rule, and added to the limits of rules with `inherit_default`.
     defaults: Box<[Limit]>,
+    /// `bucket_key_order`: the order of an RLQS bucket id's keys (empty: the tree's).
+    bucket_key_order: Box<[Box<str>]>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +133,26 @@ struct KeyChildren {
     patterns: Vec<(Pattern, u32)>,
     /// The key-only child (no `value`, or an empty one).
     any: Option<u32>,
+}
+
+impl KeyChildren {
+    /// The child a value matches at this level: the exact value, else the first matching
+    /// pattern, else the key-only rule.
+    #[inline]
+    fn pick_how(&self, value: &str) -> Option<(u32, How<'_>)> {
+        if let Some(&i) = self.exact.get(value) {
+            Some((i, How::Exact))
+        } else if let Some((p, i)) = self.patterns.iter().find(|(p, _)| p.matches(value)) {
+            Some((*i, How::Pattern(p)))
+        } else {
+            self.any.map(|i| (i, How::AnyValue))
+        }
+    }
+
+    /// [`KeyChildren::pick_how`]'s rule alone.
+    fn pick(&self, value: &str) -> Option<u32> {
+        self.pick_how(value).map(|(i, _)| i)
+    }
 }
 
 impl Domain {
@@ -211,14 +234,7 @@ impl Domain {
             let Some(same_key) = children.by_key.get(entry.key()) else {
                 return Err(Stop::UnknownKey { depth, children });
             };
-            let value = entry.value();
-            let (index, how) = if let Some(&i) = same_key.exact.get(value) {
-                (i, How::Exact)
-            } else if let Some((p, i)) = same_key.patterns.iter().find(|(p, _)| p.matches(value)) {
-                (*i, How::Pattern(p))
-            } else if let Some(i) = same_key.any {
-                (i, How::AnyValue)
-            } else {
+            let Some((index, how)) = same_key.pick_how(entry.value()) else {
                 return Err(Stop::UnknownValue { depth, same_key });
             };
             let rule = &self.rules[index as usize];

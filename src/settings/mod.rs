@@ -29,6 +29,7 @@ pub mod listeners;
 pub mod logging;
 mod parse;
 mod reader;
+pub mod rlqs;
 pub mod rules;
 pub mod service;
 mod setting;
@@ -59,6 +60,7 @@ const GROUPS: &[&[Spec]] = &[
     logging::SPECS,
     stats::SPECS,
     trace::SPECS,
+    rlqs::SPECS,
 ];
 const ALL_SPECS: [Spec; setting::total_len(GROUPS)] = setting::concat(GROUPS);
 
@@ -186,6 +188,8 @@ pub struct Settings {
     pub stats: StatsOptions,
     /// `TRACING_*`: `Some` when `TRACING_ENABLED`.
     pub tracing: Option<crate::trace::TraceOptions>,
+    /// `RLQS_*`, and `SHADOW_MODE` for quota assignments.
+    pub rlqs: crate::rlqs::RlqsOptions,
     pub healthy_with_at_least_one_config_loaded: bool,
     pub shutdown_grace_period: Duration,
     pub log_level: tracing::level_filters::LevelFilter,
@@ -250,6 +254,7 @@ impl Settings {
         let log_format = r.get(&logging::LOG_FORMAT);
         let stats = stats::read(&mut r, near_limit_ratio);
         let tracing = trace::read(&mut r, &mut warnings);
+        let rlqs = rlqs::read(&mut r, service.global_shadow_mode);
 
         for (name, why) in IGNORED {
             if r.is_set(name) {
@@ -274,6 +279,7 @@ impl Settings {
             service,
             stats,
             tracing,
+            rlqs,
             healthy_with_at_least_one_config_loaded,
             shutdown_grace_period,
             log_level,

@@ -314,6 +314,7 @@ fn every_default_parses_with_its_own_parser() {
         logging::check_defaults(),
         stats::check_defaults(),
         trace::check_defaults(),
+        rlqs::check_defaults(),
     ];
     let bad = groups.concat();
     assert!(bad.is_empty(), "{bad:?}");
@@ -351,4 +352,10 @@ fn decimal_writes_numbers_at_compile_time() {
     const TEN: &str = decimal!(10);
     const MAX: &str = decimal!(u64::MAX);
     assert_eq!([ZERO, TEN, MAX], ["0", "10", "18446744073709551615"]);
+}
+
+#[test]
+fn the_rlqs_defaults_are_the_options_defaults() {
+    let settings = Settings::for_tests(vec![PathBuf::from("config")]);
+    assert_eq!(settings.rlqs, crate::rlqs::RlqsOptions::DEFAULT);
 }

@@ -33,6 +33,7 @@ mod label;
 pub mod lease;
 mod listener;
 mod millis;
+pub mod rlqs;
 mod rule_series;
 mod rule_stats;
 pub mod statsd;

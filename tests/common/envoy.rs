@@ -65,7 +65,19 @@ pub struct Envoy {
 
 /// `examples/envoy/envoy.yaml` with its ports replaced and `edit` applied.
 pub fn config(sluicegate_grpc: u16, listener: u16, app: u16, admin: u16, edit: impl Fn(String) -> String) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/envoy.yaml");
+    config_of("envoy", sluicegate_grpc, listener, app, admin, edit)
+}
+
+/// `examples/<example>/envoy.yaml` with its ports replaced and `edit` applied.
+pub fn config_of(
+    example: &str,
+    sluicegate_grpc: u16,
+    listener: u16,
+    app: u16,
+    admin: u16,
+    edit: impl Fn(String) -> String,
+) -> String {
+    let path = format!("{}/examples/{example}/envoy.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     for port in ["port_value: 10000", "port_value: 10001", "port_value: 9901", "port_value: 8081"] {
         assert!(text.contains(port), "envoy.yaml has {port}");
@@ -81,9 +93,14 @@ pub fn config(sluicegate_grpc: u16, listener: u16, app: u16, admin: u16, edit: i
 impl Envoy {
     /// Starts Envoy in front of sluicegate's gRPC port and waits until it is live.
     pub fn start(sluicegate_grpc: u16, edit: impl Fn(String) -> String) -> Envoy {
+        Envoy::start_example("envoy", sluicegate_grpc, edit)
+    }
+
+    /// Starts Envoy with `examples/<example>/envoy.yaml` in front of sluicegate's gRPC port.
+    pub fn start_example(example: &str, sluicegate_grpc: u16, edit: impl Fn(String) -> String) -> Envoy {
         let (listener, app, admin) = (free_port(), free_port(), free_port());
         let dir = TempDir::new("envoy");
-        let file = dir.write("envoy.yaml", &config(sluicegate_grpc, listener, app, admin, edit));
+        let file = dir.write("envoy.yaml", &config_of(example, sluicegate_grpc, listener, app, admin, edit));
         let log = dir.0.join("envoy.log");
         let child = Command::new(binary())
             .arg("-c")
@@ -119,6 +136,13 @@ impl Envoy {
             assert!(Instant::now() < deadline, "Envoy did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Envoy {
+    /// What Envoy has logged (at warn and above), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("envoy.log")).unwrap_or_default()
     }
 }
 

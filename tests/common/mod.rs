@@ -1,7 +1,8 @@
 //! Test harness shared by the integration tests: temporary rule directories, an
 //! in-process server on loopback port 0 with a fake clock, a real tonic client, request
-//! builders and the status codes they are answered with, a tiny HTTP/1.1 client, the
-//! built binary on loopback ports (`process`), and polling with a deadline (`poll`).
+//! builders and the status codes they are answered with, an RLQS client (`rlqs`), a tiny
+//! HTTP/1.1 client, the built binary on loopback ports (`process`), and polling with a
+//! deadline (`poll`).
 #![allow(dead_code)]
 
 pub mod control_plane;
@@ -11,6 +12,7 @@ pub mod otlp;
 pub mod poll;
 pub mod raw_grpc;
 pub mod redis_server;
+pub mod rlqs;
 pub mod rss;
 pub mod test_ca;
 
@@ -79,7 +81,8 @@ pub struct TestServer {
     pub shared: Shared,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    _rules: TempDir,
+    /// The rule directory it serves (tests rewrite files in it to reload).
+    pub rules: TempDir,
 }
 
 /// Starts a server serving `rules` (file name, YAML) with extra settings, the clock at
@@ -103,7 +106,7 @@ pub async fn start(rules: &[(&str, &str)], settings: &[(&str, &str)], clock_secs
             .await
             .unwrap();
     });
-    TestServer { grpc, http, debug, clock, shared, stop: Some(stop), task: Some(task), _rules: dir }
+    TestServer { grpc, http, debug, clock, shared, stop: Some(stop), task: Some(task), rules: dir }
 }
 
 impl TestServer {
