@@ -171,7 +171,8 @@ async fn two_envoys_share_a_bucket_by_demand_and_follow_reloads_outages_and_blan
     // first assignments come at once, but say nothing of demand yet (a subscription's
     // first report covers no time), so the bucket starts split evenly; Envoy 1.40 sends
     // its next report 5 s later (its interval is hard-coded), and from then on the
-    // division follows demand. The measurement starts there.
+    // division follows demand. The split is measured from there; the total also over the
+    // 30 s from the first assignment.
     let (load_a, load_b) = (Offered::start(a.addr, "k1", 200), Offered::start(b.addr, "k1", 100));
     poll_until("both Envoys hold an assignment for k1", Duration::from_secs(20), async || {
         bucket(debug, "k1").await.is_some_and(|b| {
@@ -179,6 +180,7 @@ async fn two_envoys_share_a_bucket_by_demand_and_follow_reloads_outages_and_blan
         })
     })
     .await;
+    let first_assigned = Instant::now();
     poll_until("the division follows demand", Duration::from_secs(20), async || {
         bucket(debug, "k1").await.is_some_and(|b| {
             let tokens: Vec<f64> = b["clients"]
@@ -218,6 +220,16 @@ async fn two_envoys_share_a_bucket_by_demand_and_follow_reloads_outages_and_blan
     assert!((rate_b - total / 3.0).abs() <= total / 3.0 * 0.1, "b's share is off: {report}");
     assert_eq!(other_a + other_b, 0, "every request answered 200 or 429: {report}");
     eprintln!("division: {total:.1}/s admitted, a {rate_a:.1}/s, b {rate_b:.1}/s");
+    // The total holds from the first assignment on too, its first-second burst (each
+    // Envoy starts a full bucket) and the even split before demand is known included.
+    let since_first = (load_a.between(first_assigned, first_assigned + window).0
+        + load_b.between(first_assigned, first_assigned + window).0) as f64
+        / secs;
+    eprintln!("total over the 30 s from the first assignment: {since_first:.1}/s");
+    assert!(
+        (90.0..=105.0).contains(&since_first),
+        "admitted {since_first:.1}/s over the 30 s from the first assignment: {report}"
+    );
 
     // Phase 2: blanket rules. A revoked key is denied by Envoy itself once its DENY_ALL
     // arrives; an internal key is let through far past any limit.
